@@ -1,0 +1,95 @@
+# One command from nothing: `make demo`, `make test`. Every target sets up .venv first if needed.
+SHELL := /bin/bash
+PYTHON_BOOT ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+# torch/torchvision for the CPU set-up (taken from local disk where available, PyPI elsewhere).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+DATASET ?= synthetic
+SPLIT ?= train
+CONFIG ?= configs/tiny_synthetic.yaml
+MODEL ?= data/runs/train/final
+VIDEO ?=
+QUERY ?=
+ARGS ?=
+
+export YOLO_OFFLINE := 1
+export YOLO_CONFIG_DIR := $(CURDIR)/data/cache/ultralytics
+export MPLCONFIGDIR := $(CURDIR)/data/cache/matplotlib
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup test test-slow test-gpu lint format demo synthetic detector preprocess tiny train eval predict notebooks bench figures clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]' $(TORCH_PINS)
+	@# Ultralytics pulls GUI opencv-python beside the headless wheel; both own cv2/. Keep exactly one: headless.
+	$(PY) -m pip uninstall -q -y opencv-python opencv-python-headless
+	$(PY) -m pip install -q --no-deps "opencv-python-headless>=4.10"
+	$(PY) -c "import cv2, numpy as np; ok, buf = cv2.imencode('.jpg', np.zeros((8, 8, 3), np.uint8)); assert ok"
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install everything (CPU)
+
+test: $(STAMP)  ## fast CPU test tier (no network, < 10 min)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)  ## slow CPU tests (detector training, longer GRPO runs)
+	$(PY) -m pytest -q -m slow
+
+test-gpu: $(STAMP)  ## CUDA / vLLM tests (needs a GPU and `pip install -e '.[gpu]'`)
+	$(PY) -m pytest -q -m gpu
+
+lint: $(STAMP)  ## ruff check + format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)  ## apply ruff fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+synthetic: $(STAMP)  ## generate the synthetic dataset in the MeViS, HC-STVG and YOLO formats
+	$(PY) -m pipeline.synthetic --out data/raw/synthetic $(ARGS)
+
+detector: $(STAMP)  ## train the small YOLO detector on the synthetic detection set (CPU, minutes)
+	$(PY) -m pipeline.train_detector $(ARGS)
+
+preprocess: $(STAMP)  ## DATASET=<name> SPLIT=<split>: detect, track, overlay IDs, write shards
+	$(PY) -m pipeline.preprocess --dataset $(DATASET) --split $(SPLIT) $(ARGS)
+
+tiny: $(STAMP)  ## build the tiny offline Qwen2.5-VL into data/models/tiny-qwen2.5-vl
+	$(PY) -m trainer.tiny $(ARGS)
+
+train: $(STAMP)  ## CONFIG=<yaml>: GRPO training (default: tiny model on synthetic shards, CPU)
+	$(PY) -m trainer.train --config $(CONFIG) $(ARGS)
+
+eval: $(STAMP)  ## MODEL=<path|hub id|baseline> DATASET= SPLIT=: metrics.json + table
+	$(PY) -m trainer.evaluate --model $(MODEL) --dataset $(DATASET) --split $(SPLIT) $(ARGS)
+
+predict: $(STAMP)  ## VIDEO=<path> QUERY="...": ground a query in any video, write a highlighted mp4
+	$(PY) -m trainer.predict --video "$(VIDEO)" --query "$(QUERY)" $(ARGS)
+
+notebooks: $(STAMP)  ## open Jupyter on notebooks/ (installs the `notebooks` extra)
+	$(PY) -m pip install -q -e '.[notebooks]'
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(STAMP)  ## benchmarks: ratios against a baseline measured in the same run
+	$(PY) bench/preprocess.py
+	$(PY) bench/trainer.py
+
+demo: $(STAMP)  ## end to end on the synthetic default: data, preprocess, train, eval, videos
+	$(PY) -m trainer.demo $(ARGS)
+
+figures: $(STAMP)  ## regenerate the README images from the synthetic shards
+	$(PY) -m pipeline.figures --out docs/img
+
+clean:  ## remove generated data and runs (keeps .venv)
+	rm -rf data/raw/synthetic data/shards data/runs data/models/tiny-qwen2.5-vl outputs
