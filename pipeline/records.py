@@ -112,7 +112,10 @@ class VideoRecord:
         fps: native frame rate (for JPEG folders, the dataset's nominal rate).
         width, height: native frame size in pixels (None if unknown before decoding).
         frame_files: for JPEG folders, the frame file names in order (None for files).
-        queries: the video's queries; ground truth in native pixels and seconds.
+        queries: the video's queries; ground truth in native pixels and in seconds
+            relative to ``clip_start_s``.
+        clip_start_s, clip_end_s: the used segment of a longer video (VidSTG); decoding
+            yields only frames inside it, with times relative to its start.
     """
 
     video_id: str
@@ -124,14 +127,27 @@ class VideoRecord:
     height: int | None = None
     frame_files: tuple[str, ...] | None = None
     queries: tuple[QueryRecord, ...] = field(default_factory=tuple)
+    clip_start_s: float = 0.0
+    clip_end_s: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "source", Path(self.source))
+        if self.clip_end_s is not None and not self.clip_end_s > self.clip_start_s:
+            raise ValueError(f"video {self.video_id}: clip_end_s {self.clip_end_s} <= clip_start_s {self.clip_start_s}")
         if not self.fps > 0:
             raise ValueError(f"video {self.video_id}: fps must be > 0, got {self.fps}")
         object.__setattr__(self, "queries", tuple(self.queries))
         if self.frame_files is not None:
             object.__setattr__(self, "frame_files", tuple(self.frame_files))
+
+
+def frame_file_times(frame_files: Sequence[str], fps: float) -> np.ndarray:
+    """Times (s) of JPEG-folder frames: numeric stems are native frame numbers
+    (Ref-YouTube-VOS steps by 5), otherwise the list position is used. (N,) float64."""
+    stems = [Path(f).stem for f in frame_files]
+    if all(s.isdigit() for s in stems):
+        return np.array([int(s) for s in stems], dtype=np.float64) / fps
+    return np.arange(len(stems), dtype=np.float64) / fps
 
 
 @dataclass(frozen=True)
