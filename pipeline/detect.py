@@ -1,0 +1,172 @@
+"""Object detection with Ultralytics YOLO, batched, returning ``supervision.Detections``.
+
+The detector is the first stage of the ID pipeline: every frame's objects become
+boxes (and masks for ``*-seg`` weights) that the tracker links over time. Without
+named weights the project's own small checkpoint trained on the synthetic set is
+used (``pipeline/assets/synthetic-yolo11n.pt``), so nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import supervision as sv
+
+from pipeline.runtime import ASSETS_DIR, MODELS_DIR, configure_offline, resolve
+
+DEFAULT_WEIGHTS_NAME = "synthetic-yolo11n.pt"
+
+
+def default_weights() -> Path:
+    """The committed checkpoint trained on the synthetic set (``make detector`` rebuilds it)."""
+    return ASSETS_DIR / DEFAULT_WEIGHTS_NAME
+
+
+def resolve_weights(weights: str | Path | None) -> Path:
+    """A weights file that exists locally, or a clear error saying where to put it.
+
+    ``None`` -> :func:`default_weights`. A path (absolute, or relative to the working
+    directory or the repository) is used as is; a bare name such as ``yolo11x.pt`` is
+    also looked up in ``data/models/ultralytics/`` and ``data/models/``. Ultralytics
+    would try to download a missing bare name; this project never does.
+    """
+    if weights is None:
+        path = default_weights()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"the default detector checkpoint {path} is missing; "
+                "train it with `make detector` (python -m pipeline.train_detector)"
+            )
+        return path
+    given = Path(weights).expanduser()
+    candidates = [resolve(given)]
+    if given.parent == Path("."):
+        candidates += [MODELS_DIR / "ultralytics" / given.name, MODELS_DIR / given.name]
+    for cand in candidates:
+        if cand.is_file():
+            return cand
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"detector weights {str(weights)!r} not found (looked in: {tried}). Nothing is downloaded "
+        f"at run time: copy the file to {MODELS_DIR / 'ultralytics' / given.name} or pass its path."
+    )
+
+
+class Detector:
+    """Batched YOLO detector: RGB uint8 frames in, one ``sv.Detections`` per frame out.
+
+    Each output carries ``xyxy`` (N, 4) float32 pixels, ``confidence`` (N,),
+    ``class_id`` (N,) int, ``data["class_name"]`` (N,) str, and ``mask`` (N, H, W) bool
+    when the weights are a segmentation model.
+
+    Args:
+        weights: path or bare file name of Ultralytics weights; None = the project's
+            synthetic checkpoint.
+        conf: minimum confidence kept.
+        iou: NMS IoU threshold.
+        classes: keep only these classes (names or ids of the model); None = all.
+        imgsz: inference size (None = the size the weights were trained at).
+        device: torch device string (None = Ultralytics' choice: CUDA if available).
+        batch_size: frames per model call.
+    """
+
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        *,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        classes: list[str | int] | None = None,
+        imgsz: int | None = None,
+        device: str | None = None,
+        batch_size: int = 16,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:
+            raise ValueError(f"conf and iou must be in [0, 1], got conf={conf}, iou={iou}")
+        self.weights = resolve_weights(weights)
+        configure_offline()
+        from ultralytics import YOLO
+
+        self.model = YOLO(str(self.weights))
+        self.conf = float(conf)
+        self.iou = float(iou)
+        self.imgsz = imgsz
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.class_ids = self._class_ids(classes)
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Class id -> class name of the loaded weights."""
+        return {int(k): str(v) for k, v in self.model.names.items()}
+
+    @property
+    def has_masks(self) -> bool:
+        """True for segmentation weights (detections then carry ``mask``)."""
+        return self.model.task == "segment"
+
+    def _class_ids(self, classes: list[str | int] | None) -> list[int] | None:
+        if classes is None:
+            return None
+        by_name = {name: i for i, name in self.names.items()}
+        ids = []
+        for c in classes:
+            if isinstance(c, str) and c in by_name:
+                ids.append(by_name[c])
+            elif isinstance(c, (int, np.integer)) and int(c) in self.names:
+                ids.append(int(c))
+            else:
+                raise ValueError(
+                    f"unknown class {c!r} for weights {self.weights.name}; "
+                    f"available: {sorted(by_name)} (ids 0..{len(by_name) - 1})"
+                )
+        return sorted(set(ids))
+
+    def _predict(self, bgr_batch: list[np.ndarray]):
+        kwargs = {"conf": self.conf, "iou": self.iou, "classes": self.class_ids, "verbose": False}
+        if self.imgsz is not None:
+            kwargs["imgsz"] = self.imgsz
+        if self.device is not None:
+            kwargs["device"] = self.device
+        return self.model.predict(bgr_batch, **kwargs)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[sv.Detections]:
+        """Detect objects in RGB uint8 (H, W, 3) frames, ``batch_size`` frames per model call."""
+        for i, im in enumerate(images):
+            if not (isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3):
+                shape = getattr(im, "shape", type(im).__name__)
+                raise ValueError(f"image {i} must be an RGB (H, W, 3) array, got {shape}")
+            if im.dtype != np.uint8:
+                raise ValueError(f"image {i} must be uint8, got {im.dtype}")
+        out: list[sv.Detections] = []
+        for start in range(0, len(images), self.batch_size):
+            # Ultralytics reads numpy frames as BGR; the reversed view is copied by its loader.
+            batch = [np.ascontiguousarray(im[:, :, ::-1]) for im in images[start : start + self.batch_size]]
+            out.extend(self._to_detections(r) for r in self._predict(batch))
+        return out
+
+    def _to_detections(self, result) -> sv.Detections:
+        det = sv.Detections.from_ultralytics(result)
+        names = self.names
+        class_id = (
+            det.class_id.astype(int) if det.class_id is not None else np.zeros(len(det), int)
+        )
+        mask = det.mask if self.has_masks else None
+        if self.has_masks and mask is None:  # a segmentation model that found nothing
+            h, w = result.orig_shape
+            mask = np.zeros((len(det), h, w), dtype=bool)
+        return sv.Detections(
+            xyxy=det.xyxy.astype(np.float32).reshape(-1, 4),
+            mask=None if mask is None else np.asarray(mask, dtype=bool),
+            confidence=(
+                det.confidence.astype(np.float32)
+                if det.confidence is not None
+                else np.ones(len(det), np.float32)
+            ),
+            class_id=class_id,
+            data={"class_name": np.array([names[int(c)] for c in class_id], dtype=str)},
+        )

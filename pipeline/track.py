@@ -1,0 +1,391 @@
+"""Tracking with ByteTrack, then ID cleaning: short tracks dropped, IDs renumbered 1..K.
+
+:class:`Tracker` streams per-frame detections through Ultralytics' ``BYTETracker``
+(configured from ``bytetrack.yaml``'s parameters, see :class:`TrackerConfig`) and
+returns new ``sv.Detections`` with ``tracker_id``. :class:`TrackBuilder` collects
+them into raw tracks and :meth:`TrackBuilder.finalize` turns those into the small,
+consecutive IDs drawn on the frames (:class:`pipeline.records.Track`).
+:func:`track_frames` runs detect -> track -> finalize over a frame stream, one
+detector batch at a time.
+"""
+
+from __future__ import annotations
+
+import types
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import supervision as sv
+
+from pipeline.geometry import mask_to_rle, resize_mask, scale_xyxy
+from pipeline.records import Track
+from pipeline.runtime import configure_offline
+
+if TYPE_CHECKING:
+    from pipeline.detect import Detector
+
+_BYTETRACK_KEYS = (
+    "track_high_thresh",
+    "track_low_thresh",
+    "new_track_thresh",
+    "track_buffer",
+    "match_thresh",
+    "fuse_score",
+)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """ByteTrack parameters (defaults = Ultralytics' ``bytetrack.yaml``) and ID cleaning.
+
+    Attributes:
+        track_high_thresh: detections at or above this score join the first association.
+        track_low_thresh: detections above this (and below high) join the second one.
+        new_track_thresh: an unmatched detection starts a track at or above this score.
+        track_buffer: frames (at 30 fps, as in ByteTrack) a lost track is kept for
+            re-identification; scaled by ``frame_rate / 30`` so it means ~1 s at any rate.
+        match_thresh: first-association cost threshold (1 - IoU, fused with score).
+        fuse_score: fuse detection score into the association cost.
+        min_frames: tracks observed on fewer frames are dropped (noise, flicker).
+        min_duration_s: tracks spanning less time are dropped (0 = no limit).
+        merge_gap_s: join a track that ends and a same-class track that starts within
+            this many seconds near where the first ended (0 = off; ByteTrack already
+            bridges gaps up to ``track_buffer``, and a wrong merge would give one ID to
+            two objects, which is worse for grounding than a split).
+        merge_max_dist: "near" for merging: centre distance at most this many box
+            diagonals (the larger of the two boxes).
+    """
+
+    track_high_thresh: float = 0.25
+    track_low_thresh: float = 0.1
+    new_track_thresh: float = 0.25
+    track_buffer: int = 30
+    match_thresh: float = 0.8
+    fuse_score: bool = True
+    min_frames: int = 3
+    min_duration_s: float = 0.0
+    merge_gap_s: float = 0.0
+    merge_max_dist: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.track_low_thresh <= self.track_high_thresh <= 1.0:
+            raise ValueError(
+                f"need 0 <= track_low_thresh ({self.track_low_thresh}) <= "
+                f"track_high_thresh ({self.track_high_thresh}) <= 1"
+            )
+        if self.track_buffer < 0 or self.min_frames < 1:
+            raise ValueError(
+                f"track_buffer must be >= 0 and min_frames >= 1, got {self.track_buffer}, {self.min_frames}"
+            )
+        if self.min_duration_s < 0 or self.merge_gap_s < 0 or self.merge_max_dist < 0:
+            raise ValueError(
+                f"min_duration_s ({self.min_duration_s}), merge_gap_s ({self.merge_gap_s}) and "
+                f"merge_max_dist ({self.merge_max_dist}) must be >= 0"
+            )
+
+    @classmethod
+    def from_bytetrack_yaml(cls, path: str | Path | None = None, **overrides) -> TrackerConfig:
+        """Read ByteTrack parameters from a tracker YAML (None = Ultralytics' ``bytetrack.yaml``)."""
+        import yaml
+
+        if path is None:
+            configure_offline()
+            import ultralytics
+
+            path = Path(ultralytics.__file__).parent / "cfg" / "trackers" / "bytetrack.yaml"
+        cfg = yaml.safe_load(Path(path).read_text())
+        if cfg.get("tracker_type", "bytetrack") != "bytetrack":
+            raise ValueError(f"{path}: tracker_type is {cfg['tracker_type']!r}, expected 'bytetrack'")
+        known = {f.name for f in fields(cls)}
+        params = {k: cfg[k] for k in _BYTETRACK_KEYS if k in cfg}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown TrackerConfig fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{**params, **overrides})
+
+
+@dataclass
+class _ByteTrackInput:
+    """The results-like object ``BYTETracker.update`` reads: conf (N,), cls (N,), xywh (N, 4) centre."""
+
+    conf: np.ndarray
+    cls: np.ndarray
+    xywh: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.conf)
+
+    def __getitem__(self, index) -> _ByteTrackInput:
+        return _ByteTrackInput(self.conf[index], self.cls[index], self.xywh[index])
+
+
+class Tracker:
+    """Streaming ByteTrack: ``update(detections, time_s)`` once per frame, in time order.
+
+    Returns a new ``sv.Detections`` per frame holding the tracked detections with
+    ``tracker_id``; boxes, masks and ``data`` are the detector's (selected by the
+    detection index ByteTrack reports), not the Kalman-smoothed boxes. ByteTrack
+    confirms a new track (after the first frame) only on its second detection; the
+    first one is kept and handed out by :meth:`pop_births` so tracks start on time.
+    """
+
+    def __init__(self, config: TrackerConfig | None = None, frame_rate: float = 30.0):
+        if not frame_rate > 0:
+            raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
+        self.config = config or TrackerConfig()
+        configure_offline()
+        from ultralytics.trackers.byte_tracker import BYTETracker
+
+        args = types.SimpleNamespace(**{k: getattr(self.config, k) for k in _BYTETRACK_KEYS})
+        args.track_buffer = max(1, round(self.config.track_buffer * frame_rate / 30.0))
+        self._bytetrack = BYTETracker(args)
+        self._last_time_s = -np.inf
+        self._pending: dict[int, tuple[float, sv.Detections]] = {}
+        self._births: list[tuple[float, sv.Detections]] = []
+
+    def update(self, detections: sv.Detections, time_s: float) -> sv.Detections:
+        """Track one frame; the input is never modified."""
+        if not time_s > self._last_time_s:
+            raise ValueError(f"frame times must increase: got {time_s} after {self._last_time_s}")
+        self._last_time_s = float(time_s)
+        n = len(detections)
+        xyxy = np.asarray(detections.xyxy, dtype=np.float32).reshape(-1, 4)
+        conf = (
+            np.ones(n, np.float32)
+            if detections.confidence is None
+            else np.asarray(detections.confidence, np.float32)
+        )
+        cls = (
+            np.zeros(n, np.float32)
+            if detections.class_id is None
+            else np.asarray(detections.class_id, np.float32)
+        )
+        xywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+        rows = self._bytetrack.update(_ByteTrackInput(conf, cls, xywh))  # (M, 8) x1 y1 x2 y2 id score cls idx
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, 8)
+        ids = rows[:, 4].astype(np.int64)
+        out = detections.select(rows[:, 7].astype(np.int64))
+        out.tracker_id = ids
+        for tid in ids:
+            if int(tid) in self._pending:
+                self._births.append(self._pending[int(tid)])
+        self._pending = {}
+        for st in self._bytetrack.tracked_stracks:
+            if not st.is_activated:  # born this frame, confirmed (or dropped) next frame
+                first = detections.select([int(st.idx)])
+                first.tracker_id = np.array([st.track_id], dtype=np.int64)
+                self._pending[int(st.track_id)] = (float(time_s), first)
+        return out
+
+    def pop_births(self) -> list[tuple[float, sv.Detections]]:
+        """First observations (time_s, 1-row detections) of tracks confirmed since the last call."""
+        births, self._births = self._births, []
+        return births
+
+
+@dataclass
+class _RawTrack:
+    times_s: list[float]
+    xyxy: list[np.ndarray]
+    masks_rle: list[str | None]
+    class_names: list[str]
+
+
+class TrackBuilder:
+    """Accumulates tracked detections into raw tracks, then cleans and renumbers them.
+
+    Args:
+        frame_wh: (width, height) of the frames the detections were made on; needed
+            only with ``out_wh``.
+        out_wh: (width, height) of the stored frames; boxes and masks are scaled to it
+            (None = keep the detection frame size).
+    """
+
+    def __init__(
+        self, frame_wh: tuple[int, int] | None = None, out_wh: tuple[int, int] | None = None
+    ):
+        if out_wh is not None and frame_wh is None:
+            raise ValueError("out_wh needs frame_wh (the detection frame size) to scale from")
+        self.frame_wh = frame_wh
+        self.out_wh = out_wh
+        self._tracks: dict[int, _RawTrack] = {}
+
+    def add(self, time_s: float, detections: sv.Detections) -> None:
+        """Add one frame's tracked detections (``tracker_id`` required)."""
+        if len(detections) == 0:
+            return
+        if detections.tracker_id is None:
+            raise ValueError(f"detections at t={time_s:.3f}s have no tracker_id; run a Tracker first")
+        xyxy = np.asarray(detections.xyxy, dtype=np.float32).reshape(-1, 4)
+        if self.out_wh is not None:
+            (fw, fh), (ow, oh) = self.frame_wh, self.out_wh
+            xyxy = scale_xyxy(xyxy, ow / fw, oh / fh)
+        names = detections.data.get("class_name")
+        if names is None:
+            cids = detections.class_id if detections.class_id is not None else np.zeros(len(xyxy))
+            names = [str(int(c)) for c in cids]
+        for i, tid in enumerate(np.asarray(detections.tracker_id).astype(int)):
+            raw = self._tracks.setdefault(int(tid), _RawTrack([], [], [], []))
+            if float(time_s) in raw.times_s:
+                raise ValueError(f"track {tid} observed twice at t={time_s}")
+            raw.times_s.append(float(time_s))
+            raw.xyxy.append(xyxy[i])
+            raw.class_names.append(str(names[i]))
+            raw.masks_rle.append(self._mask_rle(detections.mask, i))
+
+    def _mask_rle(self, masks, i: int) -> str | None:
+        if masks is None:
+            return None
+        m = np.asarray(masks[i], dtype=bool)
+        if self.out_wh is not None:
+            m = resize_mask(m, self.out_wh[1], self.out_wh[0])
+        return mask_to_rle(m)
+
+    def finalize(
+        self,
+        min_frames: int = 3,
+        min_duration_s: float = 0.0,
+        merge_gap_s: float = 0.0,
+        merge_max_dist: float = 1.0,
+    ) -> list[Track]:
+        """Merge fragments (optional), drop short tracks, renumber 1..K by first appearance.
+
+        Ties in first appearance go left to right (box centre x, then y). The class is
+        the majority over the track's frames. Masks stay aligned with boxes; ``masks_rle``
+        is None for tracks without any mask.
+        """
+        raws = [self._sorted(r) for _, r in sorted(self._tracks.items())]
+        if merge_gap_s > 0:
+            raws = _merge_fragments(raws, merge_gap_s, merge_max_dist)
+        kept = [
+            r
+            for r in raws
+            if len(r.times_s) >= min_frames and r.times_s[-1] - r.times_s[0] >= min_duration_s
+        ]
+
+        def first_key(r: _RawTrack) -> tuple[float, float, float]:
+            b = r.xyxy[0]
+            return (r.times_s[0], float(b[0] + b[2]) / 2, float(b[1] + b[3]) / 2)
+
+        kept.sort(key=first_key)
+        tracks = []
+        for new_id, r in enumerate(kept, start=1):
+            has_masks = any(m is not None for m in r.masks_rle)
+            tracks.append(
+                Track(
+                    id=new_id,
+                    class_name=_majority(r.class_names),
+                    times_s=np.array(r.times_s),
+                    xyxy=np.stack(r.xyxy),
+                    masks_rle=tuple(r.masks_rle) if has_masks else None,
+                )
+            )
+        return tracks
+
+    @staticmethod
+    def _sorted(r: _RawTrack) -> _RawTrack:
+        order = np.argsort(r.times_s, kind="stable")
+        return _RawTrack(*([seq[i] for i in order] for seq in _columns(r)))
+
+
+def _columns(r: _RawTrack) -> tuple[list, list, list, list]:
+    return r.times_s, r.xyxy, r.masks_rle, r.class_names
+
+
+def _majority(names: list[str]) -> str:
+    return Counter(names).most_common(1)[0][0]  # ties: the class seen first
+
+
+def _merge_fragments(raws: list[_RawTrack], gap_s: float, max_dist: float) -> list[_RawTrack]:
+    """Greedily append each track to the closest same-class track that ended just before it."""
+    order = sorted(range(len(raws)), key=lambda i: raws[i].times_s[0])
+    chains: list[_RawTrack] = []
+    for i in order:
+        r = raws[i]
+        cls = _majority(r.class_names)
+        best, best_key = None, (np.inf, np.inf)
+        for c in chains:
+            gap = r.times_s[0] - c.times_s[-1]
+            if not 0 < gap <= gap_s or _majority(c.class_names) != cls:
+                continue
+            a, b = c.xyxy[-1], r.xyxy[0]
+            diag = max(np.hypot(*(a[2:] - a[:2])), np.hypot(*(b[2:] - b[:2])), 1e-6)
+            dist = np.hypot(*((a[:2] + a[2:]) / 2 - (b[:2] + b[2:]) / 2)) / diag
+            if dist <= max_dist and (gap, dist) < best_key:  # the shortest gap, then the nearest
+                best, best_key = c, (gap, dist)
+        if best is None:
+            chains.append(_RawTrack(*(list(s) for s in _columns(r))))
+        else:
+            for dst, src in zip(_columns(best), _columns(r)):
+                dst.extend(src)
+    return chains
+
+
+def collect_tracks(
+    frames: Iterable[tuple[float, sv.Detections]],
+    config: TrackerConfig | None = None,
+    frame_rate: float = 30.0,
+    *,
+    frame_wh: tuple[int, int] | None = None,
+    out_wh: tuple[int, int] | None = None,
+) -> list[Track]:
+    """Track precomputed per-frame detections ``(time_s, detections)`` and finalize."""
+    config = config or TrackerConfig()
+    tracker = Tracker(config, frame_rate)
+    builder = TrackBuilder(frame_wh, out_wh)
+    for time_s, dets in frames:
+        _feed(tracker, builder, time_s, dets)
+    return _finish(builder, config)
+
+
+def track_frames(
+    frames_iter: Iterable[tuple[float, np.ndarray]],
+    detector: Detector,
+    config: TrackerConfig | None = None,
+    frame_rate: float = 30.0,
+    *,
+    out_wh: tuple[int, int] | None = None,
+) -> list[Track]:
+    """Detect (``detector.batch_size`` frames per call) and track a stream of RGB frames.
+
+    Holds at most one batch of frames. Boxes and masks are in the frames' size, or
+    scaled to ``out_wh`` (width, height) when given.
+    """
+    config = config or TrackerConfig()
+    tracker = Tracker(config, frame_rate)
+    builder: TrackBuilder | None = None
+    batch: list[tuple[float, np.ndarray]] = []
+
+    def flush() -> None:
+        for (time_s, _), dets in zip(batch, detector([f for _, f in batch])):
+            _feed(tracker, builder, time_s, dets)
+        batch.clear()
+
+    for time_s, frame in frames_iter:
+        if builder is None:
+            builder = TrackBuilder((frame.shape[1], frame.shape[0]), out_wh)
+        batch.append((float(time_s), frame))
+        if len(batch) >= detector.batch_size:
+            flush()
+    if batch:
+        flush()
+    return [] if builder is None else _finish(builder, config)
+
+
+def _feed(tracker: Tracker, builder: TrackBuilder, time_s: float, dets: sv.Detections) -> None:
+    builder.add(time_s, tracker.update(dets, time_s))
+    for birth_s, first in tracker.pop_births():
+        builder.add(birth_s, first)
+
+
+def _finish(builder: TrackBuilder, config: TrackerConfig) -> list[Track]:
+    return builder.finalize(
+        min_frames=config.min_frames,
+        min_duration_s=config.min_duration_s,
+        merge_gap_s=config.merge_gap_s,
+        merge_max_dist=config.merge_max_dist,
+    )
