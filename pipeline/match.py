@@ -1,0 +1,169 @@
+"""Ground truth -> track IDs: which of the drawn numbers is the query's answer.
+
+For each ground-truth object, at every annotated time, the track with the highest
+IoU against the GT box is that frame's vote (tracks are asked for their box at the
+GT's times, :meth:`pipeline.records.Track.boxes_at`, so GT and tracks need not share
+a frame rate; an absent track scores 0). The object's ID is the majority of the
+votes, as in STVG-R1. Frames whose best IoU is below ``min_iou`` do not vote: a
+frame where no track covers the target (missed detection, occlusion) should not
+elect whichever track happens to overlap a little. Ties in votes go to the track
+with the larger summed IoU, then the smaller ID.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.geometry import mask_iou, nearest_index, paired_box_iou, rle_to_mask
+from pipeline.records import GTObject, QueryRecord, Track
+
+
+@dataclass(frozen=True)
+class TargetMatch:
+    """The track chosen for one GT object.
+
+    Attributes:
+        object: the GT object's dataset id.
+        track_id: chosen track ID, or None when no frame voted.
+        iou: (T,) float64 IoU of the chosen track against the GT at each annotated
+            time (0 where the track is absent or nothing was chosen).
+        votes: frames that voted for the chosen track.
+    """
+
+    object: int
+    track_id: int | None
+    iou: np.ndarray
+    votes: int
+
+
+def _iou_matrix(
+    gt: GTObject,
+    tracks: Sequence[Track],
+    max_gap_s: float,
+    use_masks: bool,
+    frame_hw: tuple[int, int] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(T, M) IoU of every track against the GT at its annotated times, and the valid-time mask."""
+    valid = ~np.isnan(gt.xyxy).any(axis=1)  # (T,) frames where the GT box is known
+    times = gt.times_s[valid]
+    gt_xyxy = gt.xyxy[valid]
+    iou = np.zeros((len(times), len(tracks)), dtype=np.float64)
+    for m, tr in enumerate(tracks):
+        iou[:, m] = paired_box_iou(tr.boxes_at(times, max_gap_s), gt_xyxy)
+    if use_masks and gt.masks_rle is not None:
+        h, w = frame_hw
+        gt_rle = [r for r, v in zip(gt.masks_rle, valid) if v]
+        for m, tr in enumerate(tracks):
+            if tr.masks_rle is None:
+                continue
+            near = nearest_index(tr.times_s, times, max_gap_s)
+            for t in np.flatnonzero(iou[:, m] > 0):  # masks only where the boxes overlap
+                j = near[t]
+                if gt_rle[t] is not None and j >= 0 and tr.masks_rle[j] is not None:
+                    iou[t, m] = mask_iou(rle_to_mask(gt_rle[t], h, w), rle_to_mask(tr.masks_rle[j], h, w))
+    return iou, valid
+
+
+def match_targets(
+    query: QueryRecord,
+    tracks: Sequence[Track],
+    *,
+    max_gap_s: float,
+    min_iou: float = 0.3,
+    use_masks: bool = False,
+    frame_hw: tuple[int, int] | None = None,
+) -> list[TargetMatch]:
+    """One :class:`TargetMatch` per GT object of the query (see the module docstring).
+
+    ``use_masks`` scores frames by mask IoU where both the GT and the track (its
+    nearest observed frame within ``max_gap_s``) have a mask, box IoU elsewhere; it
+    needs ``frame_hw`` (height, width) of the stored frames to decode the RLEs.
+    """
+    if use_masks and frame_hw is None:
+        raise ValueError("use_masks=True needs frame_hw=(height, width) to decode masks")
+    ids = np.array([tr.id for tr in tracks], dtype=np.int64)
+    out = []
+    for gt in query.gt:
+        iou, _ = _iou_matrix(gt, tracks, max_gap_s, use_masks, frame_hw)
+        if iou.size == 0:
+            out.append(TargetMatch(gt.object, None, np.zeros(len(iou)), 0))
+            continue
+        best = iou.argmax(axis=1)  # (T,)
+        voting = iou[np.arange(len(iou)), best] >= min_iou
+        votes = np.bincount(best[voting], minlength=len(tracks))  # (M,)
+        if votes.max() == 0:
+            out.append(TargetMatch(gt.object, None, np.zeros(len(iou)), 0))
+            continue
+        # most votes, then larger summed IoU, then smaller ID
+        key = np.lexsort((ids, -iou.sum(axis=0), -votes))
+        m = int(key[0])
+        out.append(TargetMatch(gt.object, int(ids[m]), iou[:, m].copy(), int(votes[m])))
+    return out
+
+
+def match_query(
+    query: QueryRecord,
+    tracks: Sequence[Track],
+    *,
+    max_gap_s: float,
+    min_iou: float = 0.3,
+    use_masks: bool = False,
+    frame_hw: tuple[int, int] | None = None,
+) -> QueryRecord:
+    """A new record with ``target_ids`` (sorted, unique) and ``match_iou``.
+
+    ``match_iou`` is the mean, over all annotated frames of all GT objects, of the
+    chosen track's IoU with the GT (0 where it is absent or nothing matched); NaN
+    when the query has no annotated frame. Unmatched objects add no ID; the query is
+    never dropped and nothing raises for lack of a match.
+    """
+    matches = match_targets(
+        query, tracks, max_gap_s=max_gap_s, min_iou=min_iou, use_masks=use_masks, frame_hw=frame_hw
+    )
+    ids = sorted({m.track_id for m in matches if m.track_id is not None})
+    all_iou = np.concatenate([m.iou for m in matches]) if matches else np.zeros(0)
+    match_iou = float(all_iou.mean()) if all_iou.size else float("nan")
+    return dataclasses.replace(query, target_ids=tuple(ids), match_iou=match_iou)
+
+
+def match_quality(
+    query: QueryRecord,
+    tracks: Sequence[Track],
+    max_gap_s: float,
+    *,
+    min_iou: float = 0.3,
+    iou_thresh: float = 0.5,
+    min_coverage: float = 0.9,
+    use_masks: bool = False,
+    frame_hw: tuple[int, int] | None = None,
+) -> dict:
+    """How well the IDs represent the ground truth, for the pipeline's "right IDs" rate.
+
+    Returns ``{"exact": bool, "coverage": [per object: share of its annotated frames
+    where the chosen track has IoU >= iou_thresh], "track_ids": [per object, None if
+    unmatched], "distinct": bool, "match_iou": float}``. ``exact`` is true when every
+    object got a track with coverage >= ``min_coverage`` and distinct objects got
+    distinct IDs; a query without ground truth is never exact.
+    """
+    matches = match_targets(
+        query, tracks, max_gap_s=max_gap_s, min_iou=min_iou, use_masks=use_masks, frame_hw=frame_hw
+    )
+    coverage = [
+        float((m.iou >= iou_thresh).mean()) if m.track_id is not None and m.iou.size else 0.0
+        for m in matches
+    ]
+    chosen = [m.track_id for m in matches]
+    distinct = len(set(chosen)) == len(chosen)
+    exact = bool(matches) and distinct and all(c >= min_coverage for c in coverage)
+    all_iou = np.concatenate([m.iou for m in matches]) if matches else np.zeros(0)
+    return {
+        "exact": exact,
+        "coverage": coverage,
+        "track_ids": chosen,
+        "distinct": distinct,
+        "match_iou": float(all_iou.mean()) if all_iou.size else float("nan"),
+    }

@@ -1,0 +1,168 @@
+"""Train the project's small YOLO detector on the synthetic detection set (CPU, minutes).
+
+The model is built from ``yolo11n.yaml`` with random weights (no pretrained
+checkpoint exists offline), trained on ``<synthetic root>/yolo/data.yaml`` and
+copied, optimizer stripped, to ``pipeline/assets/synthetic-yolo11n.pt`` with its
+validation metrics beside it (``synthetic-yolo11n.json``). It is the detector used
+wherever real YOLO weights are not named. Run: ``make detector`` or
+``python -m pipeline.train_detector --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from pipeline.runtime import DATA_DIR, RUNS_DIR, configure_offline, resolve
+from pipeline.shards import write_json_atomic
+
+DEFAULT_ROOT = DATA_DIR / "raw" / "synthetic"
+DEFAULT_OUT = Path(__file__).resolve().parent / "assets" / "synthetic-yolo11n.pt"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+def ensure_dataset(root: Path) -> Path:
+    """``<root>/yolo/data.yaml``, generating the synthetic set there first if it is missing."""
+    data_yaml = root / "yolo" / "data.yaml"
+    if not data_yaml.exists():
+        from pipeline import synthetic
+
+        print(f"{data_yaml} not found: generating the synthetic set in {root}")
+        synthetic.generate(root)
+        if not data_yaml.exists():
+            raise FileNotFoundError(f"pipeline.synthetic.generate({root}) did not write {data_yaml}")
+    return data_yaml
+
+
+def describe_dataset(data_yaml: Path) -> dict:
+    """Class names and image counts per split of a YOLO data.yaml (recorded with the metrics)."""
+    cfg = yaml.safe_load(data_yaml.read_text())
+    base = Path(cfg.get("path") or data_yaml.parent)
+    if not base.is_absolute():
+        base = data_yaml.parent / base
+    counts = {}
+    for split in ("train", "val", "test"):
+        if cfg.get(split):
+            d = base / cfg[split]
+            counts[split] = (
+                sum(1 for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+                if d.is_dir()
+                else None
+            )
+    names = cfg.get("names")
+    names = list(names.values()) if isinstance(names, dict) else list(names or [])
+    return {"data_yaml": str(data_yaml), "names": names, "images": counts}
+
+
+def train(
+    data_yaml: Path,
+    *,
+    epochs: int = 30,
+    imgsz: int = 224,
+    batch: int = 16,
+    out: Path = DEFAULT_OUT,
+    run_dir: Path = RUNS_DIR / "detector",
+    workers: int = 2,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict:
+    """Train from ``yolo11n.yaml``, copy the stripped ``best.pt`` to ``out``, write ``out``.json.
+
+    Returns the metrics dict that is written (mAP50 and mAP50-95 on the val split,
+    the training settings, wall time and the dataset description).
+    """
+    configure_offline()
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    data_yaml = Path(data_yaml).resolve()
+    run_dir = Path(run_dir).resolve()
+    model = YOLO("yolo11n.yaml")  # architecture only: random init, nothing to download
+    t0 = time.perf_counter()
+    model.train(
+        data=str(data_yaml),
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        workers=workers,
+        seed=seed,
+        deterministic=True,
+        pretrained=False,
+        amp=False,
+        plots=False,
+        cache="ram",
+        project=str(run_dir.parent),
+        name=run_dir.name,
+        exist_ok=True,
+        verbose=False,
+    )
+    train_time_s = time.perf_counter() - t0
+    best = Path(model.trainer.best)
+    if not best.exists():
+        raise RuntimeError(f"training finished without a best checkpoint at {best}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".pt.tmp")
+    shutil.copyfile(best, tmp)
+    strip_optimizer(tmp)  # already stripped by Ultralytics; keeps the asset small either way
+    tmp.replace(out)
+
+    val = YOLO(str(out)).val(
+        data=str(data_yaml), imgsz=imgsz, batch=batch, device=device, plots=False, verbose=False,
+        project=str(run_dir.parent), name=run_dir.name + "-val", exist_ok=True,
+    )
+    metrics = {
+        "checkpoint": out.name,
+        "mAP50": round(float(val.box.map50), 4),
+        "mAP50-95": round(float(val.box.map), 4),
+        "epochs": epochs,
+        "imgsz": imgsz,
+        "batch": batch,
+        "seed": seed,
+        "train_time_s": round(train_time_s, 1),
+        "device": device,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "size_bytes": out.stat().st_size,
+        "data": describe_dataset(data_yaml),
+    }
+    write_json_atomic(out.with_suffix(".json"), metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m pipeline.train_detector",
+        description="Train the small YOLO detector (yolo11n, random init) on the synthetic set.",
+    )
+    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT,
+                    help="synthetic dataset root holding yolo/data.yaml (generated if missing)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="a YOLO data.yaml to train on instead of <root>/yolo/data.yaml")
+    ap.add_argument("--epochs", type=int, default=30, help="training epochs")
+    ap.add_argument("--imgsz", type=int, default=224, help="training/validation image size (px)")
+    ap.add_argument("--batch", type=int, default=16, help="batch size")
+    ap.add_argument("--workers", type=int, default=2, help="dataloader workers")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or 0")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                    help="where to write the checkpoint (metrics go to the same name .json)")
+    ap.add_argument("--run-dir", type=Path, default=RUNS_DIR / "detector",
+                    help="Ultralytics run directory (weights, results.csv)")
+    args = ap.parse_args(argv)
+    data_yaml = resolve(args.data) if args.data else ensure_dataset(resolve(args.root))
+    metrics = train(
+        data_yaml, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, out=resolve(args.out),
+        run_dir=resolve(args.run_dir), workers=args.workers, seed=args.seed, device=args.device,
+    )
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()
