@@ -29,3 +29,26 @@ requires_cuda = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA de
 requires_vllm = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None, reason="needs vLLM (pip install -e '.[gpu]')"
 )
+
+
+# --------------------------------------------------------------------------- shared fixtures
+
+SMALL_SYNTHETIC = dict(num_train=4, num_test=2, det_train=0, det_val=0, duration_s=4.0, seed=3)
+
+
+@pytest.fixture(scope="session")
+def mini_demo(tmp_path_factory):
+    """The whole demo chain, scaled down: synthetic data -> shards -> 2 GRPO steps ->
+    evaluation with baselines -> overlay and prediction videos. Shared by the end-to-end,
+    evaluation and notebook tests so the chain runs once per session."""
+    from trainer.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    summary = run_demo(
+        root / "out",
+        data_dir=root / "data",
+        train_overrides=["max_steps=2", "num_generations=4", "per_step_prompts=2", "save_steps=1"],
+        synthetic=SMALL_SYNTHETIC,
+        progress=False,
+    )
+    return {"root": root, "data": root / "data", "out": root / "out", "summary": summary}

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.runtime import DATA_DIR, RUNS_DIR
+from pipeline.runtime import DATA_DIR, RUNS_DIR, resolve
 
 
 def _step(title: str) -> float:
@@ -34,7 +34,16 @@ def render_overlay_video(shards: Path, out: Path) -> Path:
     return write_mp4(out / f"overlay_{video.video_id}.mp4", video.decode_frames(), video.out_fps)
 
 
-def run_demo(out: Path, *, train_config: str, train_steps: int | None, num_train: int, num_test: int) -> dict:
+def run_demo(
+    out: Path,
+    *,
+    data_dir: Path = DATA_DIR,
+    train_config: str = "configs/tiny_synthetic.yaml",
+    train_overrides: Sequence[str] = (),
+    synthetic: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run every step; ``data_dir`` holds raw data, shards and the tiny model."""
     from pipeline.datasets import iter_records, load_specs
     from pipeline.preprocess import PreprocessConfig, run
     from pipeline.synthetic import generate
@@ -49,18 +58,19 @@ def run_demo(out: Path, *, train_config: str, train_steps: int | None, num_train
     timings: dict[str, float] = {}
 
     t = _step("1/6 synthetic dataset (HC-STVG + MeViS + YOLO formats)")
-    raw = DATA_DIR / "raw" / "synthetic"
-    generate(raw, num_train=num_train, num_test=num_test)
+    raw = data_dir / "raw" / "synthetic"
+    generate(raw, progress=progress, **(synthetic or {}))
     timings["synthetic_s"] = time.perf_counter() - t
 
     t = _step("2/6 preprocess: detect, track, overlay IDs, match, write shards")
     spec = load_specs()["synthetic"]
+    root = raw / "hcstvg"
+    shard_root = data_dir / "shards" / "synthetic"
     manifests = {}
     for split in spec.splits:
-        shards = DATA_DIR / "shards" / "synthetic" / split
         manifests[split] = run(
-            list(iter_records(spec, split)), shards, PreprocessConfig(),
-            meta={"dataset": "synthetic", "split": split},
+            list(iter_records(spec, split, root=root)), shard_root / split, PreprocessConfig(),
+            progress=progress, meta={"dataset": "synthetic", "split": split},
         )  # fmt: skip
         c = manifests[split]["counts"]
         print(f"   {split}: {c['videos']} videos, right IDs {100 * c['exact_rate']:.1f}%, "
@@ -69,21 +79,26 @@ def run_demo(out: Path, *, train_config: str, train_steps: int | None, num_train
     train_split, test_split = spec.splits[0], spec.splits[-1]
 
     t = _step("3/6 tiny Qwen2.5-VL + GRPO")
-    ensure_tiny_model()
-    overrides = [f"output_dir={out / 'train'}", f"train_shards={DATA_DIR / 'shards' / 'synthetic' / train_split}"]
-    if train_steps is not None:
-        overrides.append(f"max_steps={train_steps}")
-    cfg = load_config(train_config, overrides)
-    final = train(cfg)
+    tiny = ensure_tiny_model(data_dir / "models" / "tiny-qwen2.5-vl")
+    overrides = [
+        f"model={tiny}",
+        f"output_dir={out / 'train'}",
+        f"train_shards={shard_root / train_split}",
+        *train_overrides,
+    ]
+    cfg = load_config(resolve(train_config), overrides)
+    final = train(cfg, progress=progress)
     timings["train_s"] = time.perf_counter() - t
 
     t = _step("4/6 evaluation: trained model and baselines")
-    test_shards = DATA_DIR / "shards" / "synthetic" / test_split
+    test_shards = shard_root / test_split
     summaries = {}
     for name in (str(final), *BASELINES):
         label = "grpo-tiny" if name == str(final) else name
         summaries[label] = evaluate(name, test_shards, out / "eval" / label, template=cfg.template,
-                                    max_new_tokens=cfg.max_new_tokens, progress=False)  # fmt: skip
+                                    max_new_tokens=cfg.max_new_tokens, fps=cfg.fps,
+                                    max_frames=cfg.max_frames, total_pixels=cfg.total_pixels,
+                                    progress=False)  # fmt: skip
     table = markdown_table(summaries)
     (out / "metrics.md").write_text(table)
     timings["eval_s"] = time.perf_counter() - t
@@ -93,7 +108,7 @@ def run_demo(out: Path, *, train_config: str, train_steps: int | None, num_train
     timings["overlay_s"] = time.perf_counter() - t
 
     t = _step("6/6 prediction on a raw synthetic video")
-    record = next(iter(iter_records(spec, test_split)))
+    record = next(iter(iter_records(spec, test_split, root=root)))
     prediction = predict(record.source, record.queries[0].text, model=str(final),
                          out=out / f"predict_{record.video_id}.mp4", max_new_tokens=cfg.max_new_tokens)  # fmt: skip
     (out / "prediction.json").write_text(json.dumps(prediction, indent=2))
@@ -101,8 +116,8 @@ def run_demo(out: Path, *, train_config: str, train_steps: int | None, num_train
     timings["total_s"] = time.perf_counter() - t_all
 
     summary = {
-        "shards": str(DATA_DIR / "shards" / "synthetic"),
-        "manifest": str(DATA_DIR / "shards" / "synthetic" / train_split / "manifest.json"),
+        "shards": str(shard_root),
+        "manifest": str(shard_root / train_split / "manifest.json"),
         "model": str(final),
         "train_metrics": str(out / "train" / "metrics.jsonl"),
         "metrics_table": str(out / "metrics.md"),
@@ -129,12 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=RUNS_DIR / "demo", help="where every output goes")
     p.add_argument("--config", default="configs/tiny_synthetic.yaml", help="training config")
-    p.add_argument("--train-steps", type=int, help="override the config's max_steps")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="training config overrides, e.g. max_steps=10")
     p.add_argument("--num-train", type=int, default=32, help="synthetic training videos")
     p.add_argument("--num-test", type=int, default=8, help="synthetic test videos")
     args = p.parse_args(argv)
-    run_demo(args.out, train_config=args.config, train_steps=args.train_steps,
-             num_train=args.num_train, num_test=args.num_test)  # fmt: skip
+    run_demo(args.out, train_config=args.config, train_overrides=args.set,
+             synthetic={"num_train": args.num_train, "num_test": args.num_test})  # fmt: skip
     return 0
 
 
