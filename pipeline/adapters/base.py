@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+JPEG_EXTS = (".jpg", ".jpeg")
+IMAGE_EXTS = (*JPEG_EXTS, ".png")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -46,11 +47,13 @@ class AnnotationProblem:
     reason: str
     query_id: str | None = None
 
+    def describe(self) -> str:
+        """``<file>: video '<id>'[, query '<id>']: <reason>``."""
+        query = f", query {self.query_id!r}" if self.query_id is not None else ""
+        return f"{self.path}: video {self.video_id!r}{query}: {self.reason}"
+
     def __str__(self) -> str:
-        where = f"video {self.video_id!r}" + (
-            f", query {self.query_id!r}" if self.query_id is not None else ""
-        )
-        return f"{self.path}: {where}: {self.reason} (skipped)"
+        return f"{self.describe()} (skipped)"
 
 
 OnError = Callable[[AnnotationProblem], None]
@@ -63,7 +66,7 @@ def warn_problem(problem: AnnotationProblem) -> None:
 
 def raise_problem(problem: AnnotationProblem) -> None:
     """Strict ``on_error``: the first problem raises :class:`AnnotationError`."""
-    raise AnnotationError(str(problem))
+    raise AnnotationError(problem.describe())
 
 
 class Skip(Exception):
@@ -134,10 +137,15 @@ def lookup_file(index: dict[str, Path], name: str) -> Path | None:
     return index.get(base) or index.get(Path(base).stem)
 
 
-def list_frame_files(folder: Path) -> tuple[str, ...]:
-    """JPEG (or PNG) frame file names of a folder, in natural order (numeric stems by value)."""
-    names = [p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
-    return tuple(sorted(names, key=lambda n: (0, int(Path(n).stem), n) if Path(n).stem.isdigit() else (1, 0, n)))
+def _frame_order(name: str) -> tuple:
+    stem = Path(name).stem
+    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+
+
+def list_frame_files(folder: Path, exts: tuple[str, ...] = IMAGE_EXTS) -> tuple[str, ...]:
+    """Frame file names of a folder in frame order (numeric stems by value, then by name)."""
+    names = [p.name for p in folder.iterdir() if p.suffix.lower() in exts and p.is_file()]
+    return tuple(sorted(names, key=_frame_order))
 
 
 def probe_fps(path: Path) -> float | None:

@@ -70,9 +70,10 @@ def as_id_list(value, key: str) -> list[int]:
         raise Skip(f"{key!r} must hold integer ids, got {value!r}") from exc
 
 
-def span_of(objects: list[GTObject]) -> tuple[float, float] | None:
-    """(earliest, latest) present time over all targets; None if none is ever present."""
-    times = [o.times_s for o in objects if len(o.times_s)]
+def span_of(times_s: list[np.ndarray]) -> tuple[float, float] | None:
+    """(earliest, latest) present time over all targets' (float64) times; None if none is
+    ever present. (GTObject stores float32; the span keeps the exact frame times.)"""
+    times = [t for t in times_s if len(t)]
     if not times:
         return None
     return float(min(t[0] for t in times)), float(max(t[-1] for t in times))
@@ -136,8 +137,10 @@ def _video(
             anno_ids = as_id_list(get_key(exp, "anno_id"), "anno_id")
             obj_ids = as_id_list(get_key(exp, "obj_id"), "obj_id")
             if len(anno_ids) != len(obj_ids) or not anno_ids:
-                raise Skip(f"anno_id {anno_ids} and obj_id {obj_ids} must be equal-length, non-empty")
-            objects = []
+                raise Skip(
+                    f"anno_id {anno_ids} and obj_id {obj_ids} must be equal-length, non-empty"
+                )
+            objects, obj_times = [], []
             for anno, obj in zip(anno_ids, obj_ids):
                 if anno not in cache:
                     if str(anno) not in masks:
@@ -146,12 +149,15 @@ def _video(
                 t, xyxy, counts, hw = cache[anno]
                 size = size or hw
                 objects.append(GTObject(obj, t, xyxy, tuple(counts)))
-            span = span_of(objects)
+                obj_times.append(t)
+            span = span_of(obj_times)
             if span is None:
                 raise Skip("no target is present in any frame")
             queries.append(QueryRecord(str(exp_id), text, "referring", span, tuple(objects)))
         except (Skip, ValueError) as exc:
             report(vid, str(exc), str(exp_id))
+    if not queries:
+        raise Skip("no usable query")
     h, w = size if size else (None, None)
     return VideoRecord(vid, dataset, split, jpeg_dir, fps, w, h, frame_files, tuple(queries))
 
@@ -165,7 +171,7 @@ def iter_videos(
     on_error: OnError | None = None,
     require_masks: bool | None = None,
 ) -> Iterator[VideoRecord]:
-    """Yield one :class:`VideoRecord` per MeViS video of ``split``.
+    """One :class:`VideoRecord` per MeViS video of ``split``.
 
     Args:
         fps: nominal frame rate (default 6, MeViS's).
@@ -180,7 +186,9 @@ def iter_videos(
         "Download MeViS (github.com/henghuiding/MeViS) and unpack it so that "
         f"{root}/{split}/JPEGImages/<video>/ and {root}/{split}/meta_expressions.json exist."
     )
+    require_dir(root, "MeViS root", hint)
     split_dir = require_dir(root / split, f"MeViS split {split!r}", hint)
+    require_dir(split_dir / "JPEGImages", "MeViS frames", hint)
     meta_path = require_file([split_dir / "meta_expressions.json"], "MeViS expressions", hint)
     mask_path = split_dir / "mask_dict.json"
     if require_masks is None:
@@ -195,12 +203,15 @@ def iter_videos(
     def report(vid: str, reason: str, query_id: str | None = None) -> None:
         report_to(AnnotationProblem(meta_path, vid, reason, query_id))
 
-    for vid, entry in videos.items():
-        try:
-            record = _video(str(vid), entry, split_dir, masks, fps, dataset, split, report)
-        except AnnotationError:  # a strict on_error
-            raise
-        except (Skip, ValueError) as exc:  # ValueError: a record failed its own checks
-            report(str(vid), str(exc))
-            continue
-        yield record
+    def records() -> Iterator[VideoRecord]:
+        for vid, entry in videos.items():
+            try:
+                record = _video(str(vid), entry, split_dir, masks, fps, dataset, split, report)
+            except AnnotationError:  # a strict on_error
+                raise
+            except (Skip, ValueError) as exc:  # ValueError: a record failed its own checks
+                report(str(vid), str(exc))
+                continue
+            yield record
+
+    return records()

@@ -100,11 +100,13 @@ def _video(vid, entry, split_dir, has_masks, fps, dataset, split, report) -> Vid
             continue
         t, boxes, counts = tracks[obj]
         gt = GTObject(obj, np.array(t), np.array(boxes).reshape(-1, 4), tuple(counts))
-        span = span_of([gt])
+        span = span_of([np.array(t)])
         if span is None:
             report(vid, f"object {obj} is absent from every mask", exp_id)
             continue
         queries.append(QueryRecord(exp_id, text, "referring", span, (gt,)))
+    if not queries:
+        raise Skip("no usable query")
     h, w = size if size else (None, None)
     return VideoRecord(vid, dataset, split, jpeg_dir, fps, w, h, frame_files, tuple(queries))
 
@@ -118,7 +120,7 @@ def iter_videos(
     on_error: OnError | None = None,
     require_masks: bool | None = None,
 ) -> Iterator[VideoRecord]:
-    """Yield one :class:`VideoRecord` per Ref-YouTube-VOS video of ``split``.
+    """One :class:`VideoRecord` per Ref-YouTube-VOS video of ``split``.
 
     Args:
         fps: nominal rate of the frame numbers (default 30: names step by 5 at 30 fps).
@@ -136,6 +138,7 @@ def iter_videos(
     )
     require_dir(root, "Ref-YouTube-VOS root", hint)
     split_dir = require_dir(root / split, f"Ref-YouTube-VOS split {split!r}", hint)
+    require_dir(split_dir / "JPEGImages", "Ref-YouTube-VOS frames", hint)
     meta_path = require_file(
         [root / "meta_expressions" / split / "meta_expressions.json"],
         "Ref-YouTube-VOS expressions",
@@ -155,12 +158,15 @@ def iter_videos(
     def report(vid: str, reason: str, query_id: str | None = None) -> None:
         report_to(AnnotationProblem(meta_path, vid, reason, query_id))
 
-    for vid, entry in videos.items():
-        try:
-            record = _video(str(vid), entry, split_dir, has_masks, fps, dataset, split, report)
-        except AnnotationError:  # a strict on_error
-            raise
-        except (Skip, ValueError) as exc:  # ValueError: a record failed its own checks
-            report(str(vid), str(exc))
-            continue
-        yield record
+    def records() -> Iterator[VideoRecord]:
+        for vid, entry in videos.items():
+            try:
+                record = _video(str(vid), entry, split_dir, has_masks, fps, dataset, split, report)
+            except AnnotationError:  # a strict on_error
+                raise
+            except (Skip, ValueError) as exc:  # ValueError: a record failed its own checks
+                report(str(vid), str(exc))
+                continue
+            yield record
+
+    return records()

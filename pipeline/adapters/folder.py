@@ -1,0 +1,87 @@
+"""Any folder of videos and/or JPEG frame folders: records without queries, for inference.
+
+Every video file (mp4/avi/mkv/mov/webm) below ``root`` becomes a record with the rate
+from its header, and every folder directly holding JPEG frames becomes a record whose
+frame times are ``frame number / fps`` (numeric names) or ``position / fps``. ``root``
+may also be one video file or one frame folder. ``video_id`` is the path relative to
+``root`` without its extension. The split is only written into the records.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.adapters.base import (
+    JPEG_EXTS,
+    VIDEO_EXTS,
+    DatasetNotFoundError,
+    OnError,
+    list_frame_files,
+    probe_fps,
+)
+from pipeline.records import VideoRecord
+
+DEFAULT_JPEG_FPS = 30.0
+HINT = "Point it at a video file or a directory of videos (mp4/avi/mkv/mov/webm) or JPEG folders."
+
+
+def _sources(root: Path) -> list[Path]:
+    if root.is_file():
+        if root.suffix.lower() not in VIDEO_EXTS:
+            raise DatasetNotFoundError(
+                f"{root} is not a video file ({', '.join(VIDEO_EXTS)}). {HINT}"
+            )
+        return [root]
+    files = [p for p in sorted(root.rglob("*")) if p.is_file()]
+    videos = [p for p in files if p.suffix.lower() in VIDEO_EXTS]
+    frame_dirs = sorted({p.parent for p in files if p.suffix.lower() in JPEG_EXTS})
+    return videos + frame_dirs
+
+
+def iter_videos(
+    root: Path,
+    split: str = "all",
+    *,
+    fps: float | None = None,
+    dataset: str = "folder",
+    on_error: OnError | None = None,
+) -> Iterator[VideoRecord]:
+    """One query-less :class:`VideoRecord` per video file or JPEG folder below ``root``.
+
+    Args:
+        fps: rate of JPEG folders (default 30); also used for a video whose header
+            gives none. Videos otherwise keep their own rate.
+        on_error: unused (nothing here is annotated); accepted for a uniform signature.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DatasetNotFoundError(f"folder not found: {root}. {HINT}")
+    sources = _sources(root)
+    if not sources:
+        raise DatasetNotFoundError(f"no videos or JPEG frame folders below {root}. {HINT}")
+    jpeg_fps = float(fps or DEFAULT_JPEG_FPS)
+
+    def rel(src: Path) -> Path:
+        return src.relative_to(root) if src != root else Path(src.name)
+
+    short = [
+        rel(s).as_posix() if s.is_dir() else rel(s).with_suffix("").as_posix() for s in sources
+    ]
+    # a.mp4 beside a.mkv or a frame folder a/: such videos keep their extension in the id
+    counts = Counter(short)
+    ids = [
+        rel(s).as_posix() if s.is_file() and counts[v] > 1 else v for s, v in zip(sources, short)
+    ]
+
+    def records() -> Iterator[VideoRecord]:
+        for src, vid in zip(sources, ids):
+            if src.is_dir():
+                frames = list_frame_files(src, JPEG_EXTS)
+                yield VideoRecord(vid, dataset, split, src, jpeg_fps, frame_files=frames)
+            else:
+                rate = probe_fps(src) or jpeg_fps  # unreadable: decoding will fail, saying why
+                yield VideoRecord(vid, dataset, split, src, rate)
+
+    return records()
