@@ -162,7 +162,7 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
     from transformers import get_scheduler
 
     from trainer.data import GroundingDataset
-    from trainer.grpo import group_advantages, grpo_loss
+    from trainer.grpo import group_advantages, grpo_loss, truncated_is_weights
     from trainer.policy import completion_logprobs, load_policy
     from trainer.rewards import TaskReward
     from trainer.rollout import make_engine
@@ -189,8 +189,10 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
     engine = make_engine(cfg.rollout, model, processor, **cfg.engine_kwargs())
     reward_fn = TaskReward(
         weights=cfg.reward_weights(),
+        template=cfg.template,
         require_in_span=cfg.require_id_in_span,
         use_viou=cfg.reward_viou > 0,
+        max_gap_s=cfg.max_gap_s,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -271,6 +273,7 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
                 )
 
         # ---- num_iterations optimiser steps on this round's rollouts
+        round_tokens = sum(len(ids) for mb in micro for ids in mb["completion_ids"])
         t_fb = 0.0
         model.train()
         for iteration in range(cfg.num_iterations):
@@ -283,6 +286,11 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
                 )  # (N, L), (N, L)
                 if mb["old_logp"] is None:
                     mb["old_logp"] = logp.detach()  # the policy that sampled = this one, before any update
+                is_weights = None
+                if cfg.rollout == "vllm" and cfg.vllm_tis_cap and None not in mb["rollout_logp"]:
+                    # vLLM's sampler and the trainer's forward differ slightly: correct for it
+                    rollout_logp = _pad(mb["rollout_logp"], logp.shape, logp.device)  # (N, L)
+                    is_weights = truncated_is_weights(mb["old_logp"], rollout_logp, cfg.vllm_tis_cap, mask)
                 ref_logp = None
                 if ref_model is not None:
                     with torch.no_grad():
@@ -300,8 +308,11 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
                     ref_logp=ref_logp,
                     loss_type=cfg.loss_type,
                     max_completion_length=cfg.max_new_tokens,
+                    importance_weights=is_weights,
+                    # dapo normalises by the tokens of the whole round, so accumulation is exact
+                    num_tokens=round_tokens if cfg.loss_type == "dapo" else None,
                 )
-                (loss / max(len(micro), 1)).backward()
+                (loss if cfg.loss_type == "dapo" else loss / len(micro)).backward()
                 stats.setdefault("loss", []).append(float(loss.detach()))
                 for k, v in lstats.items():
                     stats.setdefault(k, []).append(float(v))
@@ -340,6 +351,15 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
     final = output_dir / "final"
     _save_final(final, model, processor, cfg)
     return final
+
+
+def _pad(rows: list[list[float]], shape: tuple[int, int], device) -> torch.Tensor:
+    """Right-pad ragged per-token values to ``shape`` (N, L) with zeros."""
+    out = torch.zeros(shape, dtype=torch.float32, device=device)
+    for i, row in enumerate(rows):
+        n = min(len(row), shape[1])
+        out[i, :n] = torch.as_tensor(row[:n], dtype=torch.float32)
+    return out
 
 
 def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, state: TrainState) -> None:

@@ -1,0 +1,933 @@
+"""Procedural scenes for the synthetic STVG dataset: moving shapes with exact ground truth.
+
+A :class:`Scene` is a short video of 2-6 flat-coloured shapes over a textured
+background. Each object follows a plan of motion segments (enter from an edge,
+move left/right/up/down, stop, turn, leave through an edge); the per-frame visible
+masks account for occlusion (z-order), so a hidden object has an empty mask. Events
+(:class:`Event`) are derived from the plan; referring expressions with their truth
+come from templates in :func:`make_expressions`, which keeps an expression only if
+exactly the intended objects satisfy it.
+
+Everything is a pure function of the seed: the same seed gives the same scene.
+Frame indices are 0-based; an event's ``start_frame``/``end_frame`` are inclusive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.geometry import mask_to_xyxy
+
+SHAPES = ("circle", "square", "triangle", "star")
+"""Shape names; also the synthetic detector's class names, in this order."""
+
+COLORS_RGB = {
+    "red": (220, 40, 40),
+    "green": (40, 175, 60),
+    "blue": (40, 80, 225),
+    "yellow": (240, 215, 40),
+    "purple": (150, 60, 195),
+    "orange": (245, 140, 30),
+    "white": (248, 248, 248),
+}
+SIZES = ("small", "large")
+DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+EDGES = ("left", "right", "top", "bottom")
+_INWARD = {"left": "right", "right": "left", "top": "down", "bottom": "up"}
+_OUTWARD = {"left": "left", "right": "right", "top": "up", "bottom": "down"}
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """Size, rate and length of the generated videos, and how many objects they hold."""
+
+    width: int = 320
+    height: int = 240
+    fps: float = 10.0
+    duration_s: float = 8.0
+    min_objects: int = 2
+    max_objects: int = 6
+
+    def __post_init__(self):
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 64 and v % 2 == 0):
+                raise ValueError(
+                    f"SceneConfig.{name} must be an even int >= 64 (H.264 yuv420p), got {v!r}"
+                )
+        if not self.fps > 0:
+            raise ValueError(f"SceneConfig.fps must be > 0, got {self.fps}")
+        if self.num_frames < 20:
+            raise ValueError(
+                f"SceneConfig: duration_s={self.duration_s} x fps={self.fps} gives {self.num_frames} "
+                "frames; need at least 20"
+            )
+        if not 2 <= self.min_objects <= self.max_objects <= 6:
+            raise ValueError(
+                f"SceneConfig: need 2 <= min_objects <= max_objects <= 6, got "
+                f"{self.min_objects}, {self.max_objects}"
+            )
+
+    @property
+    def num_frames(self) -> int:
+        return round(self.duration_s * self.fps)
+
+    @property
+    def scale(self) -> float:
+        """Linear size relative to 320x240, the size the object sizes are tuned for."""
+        return min(self.width / 320, self.height / 240)
+
+    def frames(self, seconds: float) -> int:
+        """A duration in whole frames (at least 1)."""
+        return max(1, round(seconds * self.fps))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of an object's motion plan over frames ``start_frame..end_frame`` (inclusive).
+
+    ``kind`` is ``enter`` / ``leave`` (detail: the edge), ``move`` (detail: the
+    direction), ``stop`` (came to rest after moving) or ``still`` (at rest from the
+    start). Consecutive segments share their boundary frame.
+    """
+
+    kind: str
+    detail: str
+    start_frame: int
+    end_frame: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something an object does, as expressions refer to it.
+
+    ``kind``: ``move`` (detail: direction; a maximal run of motion that way),
+    ``stop``, ``enter`` / ``leave`` (detail: edge), ``turn`` (detail ``"up>right"``:
+    a run one way directly followed by a run another way; spans both runs).
+    """
+
+    obj_id: int
+    kind: str
+    detail: str
+    start_frame: int
+    end_frame: int
+
+    @property
+    def num_frames(self) -> int:
+        return self.end_frame - self.start_frame + 1
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One moving shape.
+
+    Attributes:
+        obj_id: 0-based index in the scene (the MeViS ``obj_id``).
+        shape, color, size: attributes (``SHAPES``, ``COLORS_RGB`` keys, ``SIZES``).
+        size_px: side of the square stamp the shape is drawn in.
+        depth: draw order, 0 is the back.
+        stamp: (size_px, size_px) bool, the shape's pixels.
+        centers_xy: (T, 2) float32 stamp centre per frame; NaN when off screen.
+        segments: the motion plan.
+    """
+
+    obj_id: int
+    shape: str
+    color: str
+    size: str
+    size_px: int
+    depth: int
+    stamp: np.ndarray
+    centers_xy: np.ndarray
+    segments: tuple[Segment, ...]
+
+    def present(self) -> np.ndarray:
+        """(T,) bool: frames where some of the shape is inside the frame (occlusion ignored)."""
+        return ~np.isnan(self.centers_xy[:, 0])
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A generated video with exact ground truth.
+
+    Attributes:
+        video_id: name used in every written format.
+        config: frame size, rate and length.
+        background: (H, W, 3) uint8 RGB.
+        objects: the shapes, ``objects[i].obj_id == i``.
+        masks: (N, T, H, W) bool visible masks (occlusion applied).
+        boxes_xyxy: (N, T, 4) float32 tight boxes of ``masks`` (x2/y2 exclusive), NaN when hidden.
+        events: what the objects do, from their plans.
+        expressions: referring expressions with truth (empty for detection-only scenes).
+        hcstvg_index: index into ``expressions`` of the single-target query used for
+            HC-STVG (-1 if none).
+    """
+
+    video_id: str
+    config: SceneConfig
+    background: np.ndarray
+    objects: tuple[SceneObject, ...]
+    masks: np.ndarray
+    boxes_xyxy: np.ndarray
+    events: tuple[Event, ...]
+    expressions: tuple = field(default_factory=tuple)
+    hcstvg_index: int = -1
+
+    @property
+    def num_frames(self) -> int:
+        return self.config.num_frames
+
+    def frame(self, frame_idx: int) -> np.ndarray:
+        """(H, W, 3) uint8 RGB frame: background, then objects back to front."""
+        img = self.background.copy()
+        for obj in sorted(self.objects, key=lambda o: o.depth):
+            full = _full_mask(obj, frame_idx, self.config.height, self.config.width)
+            img[full] = COLORS_RGB[obj.color]
+        return img
+
+    def visible_frames(self, obj_id: int) -> np.ndarray:
+        """(K,) int64 frame indices where the object has visible pixels."""
+        return np.flatnonzero(~np.isnan(self.boxes_xyxy[obj_id, :, 0]))
+
+    def truth(self, expression) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per target: (frame_idx (K,), xyxy (K, 4), masks (K, H, W)) inside the span, visible frames only."""
+        out = {}
+        for oid in expression.target_ids:
+            f = np.arange(expression.start_frame, expression.end_frame + 1)
+            f = f[~np.isnan(self.boxes_xyxy[oid, f, 0])]
+            out[oid] = (f, self.boxes_xyxy[oid, f].copy(), self.masks[oid, f].copy())
+        return out
+
+
+# ------------------------------------------------------------------ drawing
+
+
+def make_stamp(shape: str, size_px: int) -> np.ndarray:
+    """(size_px, size_px) bool mask of a shape centred in its square."""
+    import cv2
+
+    s = int(size_px)
+    c = (s - 1) / 2
+    if shape == "circle":
+        yy, xx = np.mgrid[:s, :s]
+        return (xx - c) ** 2 + (yy - c) ** 2 <= (s / 2) ** 2
+    if shape == "square":
+        return np.ones((s, s), dtype=bool)
+    canvas = np.zeros((s, s), dtype=np.uint8)
+    if shape == "triangle":
+        pts = np.array([[round(c), 0], [0, s - 1], [s - 1, s - 1]], dtype=np.int32)
+    elif shape == "star":
+        k = np.arange(10)
+        r = np.where(k % 2 == 0, c, 0.45 * c)
+        ang = -np.pi / 2 + k * np.pi / 5
+        pts = np.stack([c + r * np.cos(ang), c + r * np.sin(ang)], axis=1).round().astype(np.int32)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    cv2.fillPoly(canvas, [pts], 1)
+    return canvas.astype(bool)
+
+
+def _top_left(cx: float, cy: float, s: int) -> tuple[int, int]:
+    return math.floor(cx - s / 2 + 0.5), math.floor(cy - s / 2 + 0.5)
+
+
+def _full_mask(obj: SceneObject, frame_idx: int, height: int, width: int) -> np.ndarray:
+    """(H, W) bool: the object's pixels in the frame ignoring occlusion (empty if absent)."""
+    out = np.zeros((height, width), dtype=bool)
+    cx, cy = obj.centers_xy[frame_idx]
+    if np.isnan(cx):
+        return out
+    s = obj.size_px
+    x0, y0 = _top_left(float(cx), float(cy), s)
+    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + s, width), min(y0 + s, height)
+    if xa < xb and ya < yb:
+        out[ya:yb, xa:xb] = obj.stamp[ya - y0 : yb - y0, xa - x0 : xb - x0]
+    return out
+
+
+def render_masks(
+    objects: Sequence[SceneObject], num_frames: int, height: int, width: int
+) -> np.ndarray:
+    """(N, T, H, W) bool visible masks: each object's pixels minus those of objects in front."""
+    masks = np.zeros((len(objects), num_frames, height, width), dtype=bool)
+    front_to_back = sorted(objects, key=lambda o: -o.depth)
+    for t in range(num_frames):
+        covered = np.zeros((height, width), dtype=bool)
+        for obj in front_to_back:
+            full = _full_mask(obj, t, height, width)
+            masks[obj.obj_id, t] = full & ~covered
+            covered |= full
+    return masks
+
+
+def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
+    """(N, T, H, W) bool -> (N, T, 4) float32 tight xyxy boxes (x2/y2 exclusive), NaN if empty.
+
+    The same convention as :func:`pipeline.geometry.mask_to_xyxy`, vectorised.
+    """
+    rows, cols = masks.any(axis=3), masks.any(axis=2)  # (N, T, H), (N, T, W)
+    h, w = rows.shape[-1], cols.shape[-1]
+    y1, x1 = rows.argmax(axis=-1), cols.argmax(axis=-1)
+    y2, x2 = h - rows[..., ::-1].argmax(axis=-1), w - cols[..., ::-1].argmax(axis=-1)
+    boxes = np.stack([x1, y1, x2, y2], axis=-1).astype(np.float32)
+    boxes[~rows.any(axis=-1)] = np.nan
+    return boxes
+
+
+def make_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) uint8 muted texture: smooth noise, a gradient or stripes, plus fine grain."""
+    import cv2
+
+    def muted() -> np.ndarray:
+        return rng.uniform(60, 160) + rng.uniform(-25, 25, size=3)
+
+    kind = rng.choice(["noise", "gradient", "stripes"])
+    yy, xx = np.mgrid[:height, :width].astype(np.float64)
+    if kind == "noise":
+        cells = int(rng.integers(3, 8))
+        low = np.stack([muted() for _ in range(cells * cells)]).reshape(cells, cells, 3)
+        img = cv2.resize(low.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+    else:
+        theta = rng.uniform(0, np.pi)
+        proj = xx * np.cos(theta) + yy * np.sin(theta)
+        if kind == "gradient":
+            w = (proj - proj.min()) / max(proj.max() - proj.min(), 1e-9)
+        else:
+            period = rng.uniform(16, 64) * min(width / 320, height / 240)
+            w = 0.5 + 0.5 * np.sin(2 * np.pi * proj / max(period, 4.0))
+        c1, c2 = muted(), muted()
+        img = (1 - w)[..., None] * c1 + w[..., None] * c2
+    img = img + rng.normal(0, 4, size=(height, width, 3))
+    return np.clip(img, 30, 190).round().astype(np.uint8)
+
+
+# ------------------------------------------------------------------ motion plans
+
+
+@dataclass
+class _Plan:
+    """Mutable builder of one object's centres (T, 2) and segments."""
+
+    centers: np.ndarray
+    segments: list[Segment]
+
+    def add(self, kind: str, detail: str, f0: int, n: int, start_xy, step_xy) -> None:
+        k = np.arange(n + 1, dtype=np.float64)[:, None]
+        self.centers[f0 : f0 + n + 1] = np.asarray(start_xy) + k * np.asarray(step_xy)
+        last = self.segments[-1] if self.segments else None
+        if kind in ("stop", "still") and last is not None and last.kind in ("stop", "still"):
+            self.segments[-1] = Segment(last.kind, "", last.start_frame, f0 + n)  # one rest period
+        else:
+            self.segments.append(Segment(kind, detail, f0, f0 + n))
+
+
+def _extent(stamp: np.ndarray) -> tuple[int, int, int, int]:
+    b = mask_to_xyxy(stamp)
+    return int(b[0]), int(b[1]), int(b[2]), int(b[3])
+
+
+def _tight_box(cx: float, cy: float, s: int, ext) -> tuple[int, int, int, int]:
+    x0, y0 = _top_left(cx, cy, s)
+    return x0 + ext[0], y0 + ext[1], x0 + ext[2], y0 + ext[3]
+
+
+def plan_motion(
+    rng: np.random.Generator, cfg: SceneConfig, stamp: np.ndarray, speed_px_s: float
+) -> tuple[np.ndarray, tuple[Segment, ...]]:
+    """A random motion plan: (T, 2) float32 centres (NaN off screen) and its segments.
+
+    Moves stay inside the frame; an object may enter from an edge (partly visible in
+    its first frame) and may leave through an edge (partly visible in its last).
+    """
+    W, H, T = cfg.width, cfg.height, cfg.num_frames
+    s = stamp.shape[0]
+    ext = _extent(stamp)
+    step = max(speed_px_s / cfg.fps, 1.0)  # px per frame, >= 1 so rounded positions move
+    lo = np.array([s / 2 + 2, s / 2 + 2])
+    hi = np.array([W - s / 2 - 2, H - s / 2 - 2])
+    min_move, max_move = cfg.frames(0.8), cfg.frames(2.5)
+    min_stop, max_stop = cfg.frames(0.8), cfg.frames(2.0)
+    plan = _Plan(np.full((T, 2), np.nan), [])
+
+    def room(pos, d: str) -> int:
+        dx, dy = DIRECTIONS[d]
+        if dx:
+            free = (hi[0] - pos[0]) if dx > 0 else (pos[0] - lo[0])
+        else:
+            free = (hi[1] - pos[1]) if dy > 0 else (pos[1] - lo[1])
+        return int(max(free, 0) // step)
+
+    t, moving = 0, None
+    if rng.random() < 0.3:
+        edge = str(rng.choice(EDGES))
+        d = _INWARD[edge]
+        dx, dy = DIRECTIONS[d]
+        inside = math.ceil(step)
+        if edge in ("left", "right"):
+            x0 = inside - ext[2] if edge == "left" else W - inside - ext[0]
+            start = np.array([x0 + s / 2, rng.uniform(lo[1], hi[1])])
+            target = (lo[0] if edge == "left" else hi[0]) + dx * rng.uniform(0, 0.3 * W)
+            n = math.ceil(abs(target - start[0]) / step)
+        else:
+            y0 = inside - ext[3] if edge == "top" else H - inside - ext[1]
+            start = np.array([rng.uniform(lo[0], hi[0]), y0 + s / 2])
+            target = (lo[1] if edge == "top" else hi[1]) + dy * rng.uniform(0, 0.3 * H)
+            n = math.ceil(abs(target - start[1]) / step)
+        latest = T - 1 - n - min_stop
+        if latest >= 0:
+            t = int(rng.integers(0, max(1, min(T // 3, latest) + 1)))
+            plan.add("enter", edge, t, n, start, (dx * step, dy * step))
+            t, moving = t + n, d
+    if not plan.segments:
+        pos = rng.uniform(lo, hi)
+        if rng.random() < 0.3:
+            n = min(int(rng.integers(min_stop, max_stop + 1)), T - 1)
+            plan.add("still", "", 0, n, pos, (0.0, 0.0))
+            t = n
+        else:
+            plan.centers[0] = pos
+    while t < T - 1:
+        pos = plan.centers[t].copy()
+        remaining = T - 1 - t
+        if (
+            t >= 0.35 * T
+            and rng.random() < 0.3
+            and _try_leave(rng, plan, t, pos, step, s, ext, cfg)
+        ):
+            return plan.centers.astype(np.float32), tuple(plan.segments)
+        options = [d for d in DIRECTIONS if d != moving and room(pos, d) >= min_move]
+        if (moving is not None and rng.random() < 0.4) or not options:
+            n = min(int(rng.integers(min_stop, max_stop + 1)), remaining)
+            plan.add("stop" if plan.segments and moving else "still", "", t, n, pos, (0.0, 0.0))
+            moving = None
+        else:
+            d = str(rng.choice(options))
+            n = min(int(rng.integers(min_move, max_move + 1)), room(pos, d), remaining)
+            dx, dy = DIRECTIONS[d]
+            plan.add("move", d, t, n, pos, (dx * step, dy * step))
+            moving = d
+        t += n
+    return plan.centers.astype(np.float32), tuple(plan.segments)
+
+
+def _try_leave(rng, plan: _Plan, t: int, pos, step: float, s: int, ext, cfg: SceneConfig) -> bool:
+    """Append a segment that takes the object out through an edge, if one fits in time."""
+    W, H, T = cfg.width, cfg.height, cfg.num_frames
+    fits = []
+    for edge in EDGES:
+        dx, dy = DIRECTIONS[_OUTWARD[edge]]
+        n = 1
+        while True:  # n = first frame offset at which the shape is fully outside
+            x1, y1, x2, y2 = _tight_box(pos[0] + dx * step * n, pos[1] + dy * step * n, s, ext)
+            if x2 <= 0 or y2 <= 0 or x1 >= W or y1 >= H:
+                break
+            n += 1
+        if n - 1 >= cfg.frames(0.5) and t + n - 1 <= T - 1:
+            fits.append((edge, n))
+    if not fits:
+        return False
+    edge, n = fits[int(rng.integers(len(fits)))]
+    dx, dy = DIRECTIONS[_OUTWARD[edge]]
+    plan.add("leave", edge, t, n - 1, pos, (dx * step, dy * step))
+    return True
+
+
+def overlap_ok(a: SceneObject, b: SceneObject, cfg: SceneConfig) -> bool:
+    """True if two plans keep the objects apart except for brief overlaps (short occlusions)."""
+    pa, pb = a.present(), b.present()
+    both = np.flatnonzero(pa & pb)
+    hit = np.zeros(cfg.num_frames, dtype=bool)
+    pad = 2
+    for t in both:
+        ax0, ay0 = _top_left(*map(float, a.centers_xy[t]), a.size_px)
+        bx0, by0 = _top_left(*map(float, b.centers_xy[t]), b.size_px)
+        hit[t] = (
+            ax0 - pad < bx0 + b.size_px
+            and bx0 - pad < ax0 + a.size_px
+            and ay0 - pad < by0 + b.size_px
+            and by0 - pad < ay0 + a.size_px
+        )
+    if hit[0]:
+        return False
+    longest = max((f1 - f0 + 1 for f0, f1 in _runs(hit)), default=0)
+    return longest <= cfg.frames(1.0) and hit.sum() <= cfg.frames(2.0)
+
+
+def derive_events(obj: SceneObject) -> tuple[Event, ...]:
+    """Events of one object from its plan: direction runs, stops, entries, exits, turns."""
+    events: list[Event] = []
+    runs: list[list] = []  # [direction, f0, f1]
+    for seg in obj.segments:
+        if seg.kind in ("enter", "leave"):
+            events.append(Event(obj.obj_id, seg.kind, seg.detail, seg.start_frame, seg.end_frame))
+        if seg.kind == "stop":
+            events.append(Event(obj.obj_id, "stop", "", seg.start_frame, seg.end_frame))
+        d = {"enter": _INWARD, "leave": _OUTWARD}.get(seg.kind, {}).get(seg.detail)
+        d = seg.detail if seg.kind == "move" else d
+        if d is None:
+            runs.append([None, seg.start_frame, seg.end_frame])
+        elif runs and runs[-1][0] == d and runs[-1][2] == seg.start_frame:
+            runs[-1][2] = seg.end_frame
+        else:
+            runs.append([d, seg.start_frame, seg.end_frame])
+    for d, f0, f1 in runs:
+        if d is not None:
+            events.append(Event(obj.obj_id, "move", d, f0, f1))
+    for (d1, a0, a1), (d2, b0, b1) in itertools.pairwise(runs):
+        if d1 is not None and d2 is not None and a1 == b0:
+            events.append(Event(obj.obj_id, "turn", f"{d1}>{d2}", a0, b1))
+    return tuple(sorted(events, key=lambda e: (e.start_frame, e.kind, e.detail)))
+
+
+def pass_events(objects: Sequence[SceneObject], cfg: SceneConfig) -> tuple[Event, ...]:
+    """Passing events: runs of frames where two shapes overlap (one occludes the other).
+
+    The moving front object gets ``pass`` with detail ``front:<other id>``, the moving
+    back one ``behind:<other id>``; a subject that stays put during the run passes nothing.
+    """
+    events = []
+    for a in objects:
+        for b in objects:
+            if a.depth <= b.depth:
+                continue  # a is in front of b
+            hit = np.zeros(cfg.num_frames, dtype=bool)
+            for t in np.flatnonzero(a.present() & b.present()):
+                ax, ay = _top_left(*map(float, a.centers_xy[t]), a.size_px)
+                bx, by = _top_left(*map(float, b.centers_xy[t]), b.size_px)
+                if max(ax, bx) >= min(ax + a.size_px, bx + b.size_px) or max(ay, by) >= min(
+                    ay + a.size_px, by + b.size_px
+                ):
+                    continue  # stamp squares apart
+                ma = _full_mask(a, t, cfg.height, cfg.width)
+                hit[t] = bool((ma & _full_mask(b, t, cfg.height, cfg.width)).any())
+            for f0, f1 in _runs(hit):
+                for subj, side, other in ((a, "front", b), (b, "behind", a)):
+                    if not np.array_equal(subj.centers_xy[f0], subj.centers_xy[f1]):
+                        events.append(Event(subj.obj_id, "pass", f"{side}:{other.obj_id}", f0, f1))
+    return tuple(sorted(events, key=lambda e: (e.start_frame, e.obj_id, e.detail)))
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (start, end) index pairs of the True runs of a (T,) bool array."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    d = np.diff(padded)
+    return list(zip(np.flatnonzero(d == 1).tolist(), (np.flatnonzero(d == -1) - 1).tolist()))
+
+
+def plan_objects(rng: np.random.Generator, cfg: SceneConfig) -> tuple[SceneObject, ...]:
+    """2-6 objects with attributes and motion plans that keep them mostly apart."""
+    n_target = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    shape_pool = list(rng.choice(SHAPES, size=int(rng.integers(2, len(SHAPES) + 1)), replace=False))
+    colors = list(COLORS_RGB)
+    color_pool = list(rng.choice(colors, size=int(rng.integers(3, len(colors) + 1)), replace=False))
+    depths = rng.permutation(n_target)
+    objects: list[SceneObject] = []
+    for i in range(n_target):
+        for _ in range(40):
+            size = str(rng.choice(SIZES))
+            lo_px, hi_px = (24, 30) if size == "small" else (40, 50)
+            size_px = max(8, round(rng.uniform(lo_px, hi_px) * cfg.scale))
+            shape = str(rng.choice(shape_pool))
+            stamp = make_stamp(shape, size_px)
+            centers, segments = plan_motion(rng, cfg, stamp, rng.uniform(30, 55) * cfg.scale)
+            obj = SceneObject(
+                obj_id=len(objects),
+                shape=shape,
+                color=str(rng.choice(color_pool)),
+                size=size,
+                size_px=size_px,
+                depth=int(depths[i]),
+                stamp=stamp,
+                centers_xy=centers,
+                segments=segments,
+            )
+            if all(overlap_ok(obj, o, cfg) for o in objects):
+                objects.append(obj)
+                break
+    return tuple(objects)
+
+
+# ------------------------------------------------------------------ referring expressions
+
+NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
+_FROM_EDGE = {
+    "left": "from the left",
+    "right": "from the right",
+    "top": "from the top",
+    "bottom": "from the bottom",
+}
+_EXIT_EDGE = {
+    "left": "to the left",
+    "right": "to the right",
+    "top": "through the top",
+    "bottom": "through the bottom",
+}
+TEMPLATES = ("attribute", "event", "order", "relation")
+
+
+@dataclass(frozen=True)
+class Desc:
+    """An attribute description; ``None`` fields are unconstrained (all None = "object")."""
+
+    size: str | None = None
+    color: str | None = None
+    shape: str | None = None
+
+    def matches(self, obj: SceneObject) -> bool:
+        return all(
+            want is None or want == have
+            for want, have in (
+                (self.size, obj.size),
+                (self.color, obj.color),
+                (self.shape, obj.shape),
+            )
+        )
+
+    def text(self, plural: bool = False) -> str:
+        noun = (self.shape or "object") + ("s" if plural else "")
+        return " ".join(w for w in (self.size, self.color, noun) if w)
+
+
+def event_phrase(kind: str, detail: str | None, plural: bool = False) -> str:
+    """Verb phrase for an event key, e.g. ("leave", "top") -> "leaves through the top"."""
+    verb = {"move": "move", "stop": "stop", "enter": "enter", "leave": "leave", "turn": "move"}
+    verb = verb.get(kind, "pass")
+    verb = verb if plural else verb + ("es" if verb == "pass" else "s")
+    if kind == "pass":
+        return f"{verb} {'in front of' if detail == 'front' else 'behind'}"
+    if kind == "move":
+        return f"{verb} {detail}"
+    if kind == "turn":
+        first, then = detail.split(">")
+        return f"{verb} {first} and then {then}"
+    if kind == "enter" and detail:
+        return f"{verb} {_FROM_EDGE[detail]}"
+    if kind == "leave" and detail:
+        return f"{verb} {_EXIT_EDGE[detail]}"
+    return verb
+
+
+@dataclass(frozen=True)
+class Query:
+    """The structured meaning of an expression; :func:`resolve` gives its truth.
+
+    ``template``: ``attribute`` ("the red circle", "the two squares"), ``event``
+    ("the circle moving left"), ``order`` ("the square that stops last") or
+    ``relation`` ("the blue square that stops after the red circle leaves"; ``anchor``
+    is the event query naming the other object). ``detail`` None matches any detail.
+    For ``kind == "pass"`` (detail ``front``/``behind``), ``other`` describes the
+    object passed ("the circle that passes in front of the blue square").
+    """
+
+    template: str
+    desc: Desc
+    kind: str | None = None
+    detail: str | None = None
+    order: str | None = None
+    relation: str | None = None
+    anchor: Query | None = None
+    participle: bool = False
+    other: Desc | None = None
+
+    def text(self, n_targets: int = 1) -> str:
+        plural = n_targets > 1
+        head = f"the {NUMBER_WORDS[n_targets]} " if plural else "the "
+        head += self.desc.text(plural)
+        if self.template == "attribute":
+            return head
+        if self.participle:
+            return f"{head} moving {self.detail}"
+        phrase = f"{head} that {event_phrase(self.kind, self.detail, plural)}"
+        if self.kind == "pass":
+            phrase += f" the {self.other.text()}"
+        if self.template == "order":
+            return f"{phrase} {self.order}"
+        if self.template == "relation":
+            a = self.anchor
+            return f"{phrase} {self.relation} the {a.desc.text()} {event_phrase(a.kind, a.detail)}"
+        return phrase
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A referring expression with exact truth.
+
+    ``target_ids`` are obj_ids; the span ``start_frame..end_frame`` (inclusive) is the
+    described event's interval (for attribute expressions, the targets' visible
+    life); ``start_s``/``end_s`` are the times of those two frames.
+    """
+
+    text: str
+    target_ids: tuple[int, ...]
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
+    query: Query
+
+    @property
+    def template(self) -> str:
+        return self.query.template
+
+    @property
+    def is_multi(self) -> bool:
+        return len(self.target_ids) > 1
+
+
+def _occurrences(
+    query: Query, obj_id: int, objects: Sequence[SceneObject], events: Sequence[Event]
+) -> list[Event]:
+    out = []
+    for e in events:
+        if e.obj_id != obj_id or e.kind != query.kind:
+            continue
+        if e.kind == "pass":
+            side, other = e.detail.split(":")
+            if side == query.detail and query.other.matches(objects[int(other)]):
+                out.append(e)
+        elif query.detail is None or e.detail == query.detail:
+            out.append(e)
+    return out
+
+
+def resolve(
+    query: Query,
+    objects: Sequence[SceneObject],
+    events: Sequence[Event],
+    lives: dict[int, tuple[int, int]],
+    margin_frames: int,
+) -> tuple[tuple[int, ...], tuple[int, int]] | None:
+    """The objects a query refers to and its span (frames), or None if the query is ill-posed.
+
+    Ill-posed: nothing matches; a target does the event more than once (the "when"
+    would be ambiguous); "first"/"last" winners closer than ``margin_frames``; a
+    relation whose candidates overlap the anchor event in time. ``lives`` maps obj_id
+    to its first and last visible frame.
+    """
+    cands = [o.obj_id for o in objects if query.desc.matches(o)]
+    if query.template == "attribute":
+        ids = [i for i in cands if i in lives]
+        if not ids:
+            return None
+        return tuple(ids), (min(lives[i][0] for i in ids), max(lives[i][1] for i in ids))
+    occ = {i: _occurrences(query, i, objects, events) for i in cands}
+    occ = {i: v for i, v in occ.items() if v}
+    if query.template == "event":
+        if not occ or any(len(v) > 1 for v in occ.values()):
+            return None
+        evs = [v[0] for v in occ.values()]
+        return tuple(sorted(occ)), (min(e.start_frame for e in evs), max(e.end_frame for e in evs))
+    if query.template == "order":
+        if len(occ) < 2:
+            return None
+        sign = 1 if query.order == "first" else -1
+        key = {i: min(sign * e.start_frame for e in v) for i, v in occ.items()}
+        ranked = sorted(occ, key=lambda i: key[i])
+        best = ranked[0]
+        if key[ranked[1]] - key[best] < margin_frames or len(occ[best]) != 1:
+            return None
+        e = occ[best][0]
+        return (best,), (e.start_frame, e.end_frame)
+    if query.template == "relation":
+        anchor = resolve(query.anchor, objects, events, lives, margin_frames)
+        if anchor is None or len(anchor[0]) != 1 or query.desc.matches(objects[anchor[0][0]]):
+            return None
+        a0, a1 = anchor[1]
+        hits: dict[int, list[Event]] = {}
+        other_side = False
+        for i, evs in occ.items():
+            for e in evs:
+                after, before = e.start_frame >= a1, e.end_frame <= a0
+                if (after and query.relation == "after") or (before and query.relation == "before"):
+                    hits.setdefault(i, []).append(e)
+                elif after or before:
+                    other_side = True
+                else:
+                    return None  # overlaps the anchor event in time: "after"/"before" is unclear
+        if not hits or not other_side or any(len(v) > 1 for v in hits.values()):
+            return None
+        evs = [v[0] for v in hits.values()]
+        return tuple(sorted(hits)), (min(e.start_frame for e in evs), max(e.end_frame for e in evs))
+    raise ValueError(f"unknown template {query.template!r}; expected one of {TEMPLATES}")
+
+
+def _descs(objects: Sequence[SceneObject]) -> list[Desc]:
+    out = set()
+    for o in objects:
+        for size, color, shape in (
+            (None, None, None),
+            (None, None, o.shape),
+            (None, o.color, None),
+            (None, o.color, o.shape),
+            (o.size, None, o.shape),
+            (o.size, o.color, o.shape),
+        ):
+            out.add(Desc(size, color, shape))
+    return sorted(out, key=lambda d: d.text())
+
+
+def object_lives(boxes_xyxy: np.ndarray) -> dict[int, tuple[int, int]]:
+    """obj_id -> (first, last) visible frame, from (N, T, 4) boxes with NaN rows when hidden."""
+    lives = {}
+    for i in range(boxes_xyxy.shape[0]):
+        f = np.flatnonzero(~np.isnan(boxes_xyxy[i, :, 0]))
+        if f.size:
+            lives[i] = (int(f[0]), int(f[-1]))
+    return lives
+
+
+def candidate_expressions(
+    rng: np.random.Generator,
+    objects: Sequence[SceneObject],
+    events: Sequence[Event],
+    boxes_xyxy: np.ndarray,
+    cfg: SceneConfig,
+) -> list[Expression]:
+    """Every well-posed expression the templates give for a scene (deduplicated, shuffled)."""
+    lives = object_lives(boxes_xyxy)
+    margin, min_event, min_pass = cfg.frames(0.5), cfg.frames(0.5), cfg.frames(0.2)
+    descs = _descs(objects)
+    keys = {(e.kind, None if e.kind == "stop" else e.detail) for e in events if e.kind != "pass"}
+    keys = sorted(keys | {("enter", None), ("leave", None)}, key=str)
+    passed = {int(e.detail.split(":")[1]) for e in events if e.kind == "pass"}
+    others = [d for d in descs if sum(d.matches(o) for o in objects) == 1]
+    others = [d for d in others if any(d.matches(objects[i]) for i in passed)]
+    queries = []
+    for d in descs:
+        if d != Desc():
+            queries.append(Query("attribute", d))
+        for side in ("front", "behind"):
+            queries += [Query("event", d, "pass", side, other=o) for o in others if o != d]
+        for kind, detail in keys:
+            queries.append(Query("event", d, kind, detail))
+            if kind == "move":
+                queries.append(Query("event", d, kind, detail, participle=True))
+            if kind != "turn":
+                queries += [Query("order", d, kind, detail, order=o) for o in ("first", "last")]
+    found = [(q, resolve(q, objects, events, lives, margin)) for q in queries]
+    found = [(q, r) for q, r in found if r is not None]
+    anchors = [
+        q
+        for q, r in found
+        if q.template == "event"
+        and len(r[0]) == 1
+        and not q.participle
+        and q.kind not in ("turn", "pass")
+    ]
+    for a_idx in rng.permutation(len(anchors))[:4]:
+        for d in descs:
+            for kind, detail in (k for k in keys if k[0] != "turn"):
+                for rel in ("after", "before"):
+                    q = Query("relation", d, kind, detail, relation=rel, anchor=anchors[a_idx])
+                    r = resolve(q, objects, events, lives, margin)
+                    if r is not None:
+                        found.append((q, r))
+    out, seen = [], set()
+    for i in rng.permutation(len(found)):
+        q, (ids, (f0, f1)) = found[i]
+        n = len(ids)
+        if n > 1 and (q.template in ("order", "relation") or n not in NUMBER_WORDS):
+            continue
+        if q.template != "attribute" and f1 - f0 + 1 < (
+            min_pass if q.kind == "pass" else min_event
+        ):
+            continue
+        key = ("multi" if n > 1 else q.template, ids, f0, f1)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(Expression(q.text(n), ids, f0, f1, f0 / cfg.fps, f1 / cfg.fps, q))
+    return out
+
+
+def hcstvg_eligible(expr: Expression, boxes_xyxy: np.ndarray, num_frames: int) -> bool:
+    """Single target, visible in every frame of its span (HC-STVG needs one box per frame)."""
+    if expr.is_multi:
+        return False
+    span = boxes_xyxy[expr.target_ids[0], expr.start_frame : expr.end_frame + 1, 0]
+    return bool(np.all(~np.isnan(span)))
+
+
+def make_expressions(
+    rng: np.random.Generator,
+    objects: Sequence[SceneObject],
+    events: Sequence[Event],
+    boxes_xyxy: np.ndarray,
+    cfg: SceneConfig,
+) -> tuple[tuple[Expression, ...], int] | None:
+    """3-6 expressions of mixed templates (a multi-object one when possible) and the index of
+    the HC-STVG query: single-target, preferably an event shorter than the video. None if
+    the scene cannot supply them."""
+    pool = candidate_expressions(rng, objects, events, boxes_xyxy, cfg)
+    T = cfg.num_frames
+    ok = [e for e in pool if hcstvg_eligible(e, boxes_xyxy, T)]
+    timed = [
+        e for e in ok if e.template != "attribute" and e.end_frame - e.start_frame + 1 < 0.9 * T
+    ]
+    if not (timed or ok):
+        return None
+    chosen = [(timed or ok)[0]]
+    groups: dict[str, list[Expression]] = {}
+    for e in pool:
+        groups.setdefault("multi" if e.is_multi else e.template, []).append(e)
+    order = [g for g in ("multi", *TEMPLATES) if g in groups]
+    n_want = int(rng.integers(3, 7))
+    names = ["multi"] if "multi" in groups else []
+    names += [order[i] for i in rng.permutation(len(order))]
+    while len(chosen) < n_want and any(groups.values()):
+        for name in names:
+            while groups.get(name) and len(chosen) < n_want:
+                e = groups[name].pop(0)
+                if all(e.text != c.text for c in chosen):
+                    chosen.append(e)
+                    break
+        names = [n for n in names if groups.get(n)]
+        if not names:
+            break
+    if len(chosen) < 3:
+        return None
+    perm = [int(i) for i in rng.permutation(len(chosen))]
+    return tuple(chosen[i] for i in perm), perm.index(0)
+
+
+def make_scene(
+    seed: int | Sequence[int],
+    cfg: SceneConfig | None = None,
+    video_id: str = "",
+    with_expressions: bool = True,
+    max_attempts: int = 200,
+) -> Scene:
+    """A scene from a seed (an int or a sequence of ints, as ``numpy.random.default_rng`` takes).
+
+    Retries the plan until there are at least ``cfg.min_objects`` visible objects and,
+    with ``with_expressions``, at least 3 expressions including an HC-STVG one.
+    """
+    cfg = cfg or SceneConfig()
+    rng = np.random.default_rng(seed)
+    for _ in range(max_attempts):
+        objects = plan_objects(rng, cfg)
+        if len(objects) < cfg.min_objects:
+            continue
+        masks = render_masks(objects, cfg.num_frames, cfg.height, cfg.width)
+        boxes = boxes_from_masks(masks)
+        if np.isnan(boxes[..., 0]).all(axis=1).any():
+            continue
+        events = tuple(e for o in objects for e in derive_events(o)) + pass_events(objects, cfg)
+        background = make_background(rng, cfg.height, cfg.width)
+        expressions, hc_index = (), -1
+        if with_expressions:
+            made = make_expressions(rng, objects, events, boxes, cfg)
+            if made is None:
+                continue
+            expressions, hc_index = made
+        masks.setflags(write=False)
+        boxes.setflags(write=False)
+        return Scene(
+            video_id, cfg, background, objects, masks, boxes, events, expressions, hc_index
+        )
+    raise RuntimeError(f"no valid scene for seed {seed!r} after {max_attempts} attempts ({cfg})")
