@@ -154,7 +154,9 @@ class VideoProcessor:
 
         frames, times = [], []
         for frame in iter_frames(record, fps=cfg.out_fps, max_side=cfg.max_side):
-            drawn = overlay_video_frame(frame.image, tracks, frame.time_s, cfg.max_gap_s, self.overlay)
+            drawn = overlay_video_frame(
+                frame.image, tracks, frame.time_s, cfg.max_gap_s, self.overlay
+            )
             frames.append(_encode_jpeg(drawn, cfg.jpeg_quality))
             times.append(frame.time_s)
         row = make_row(
@@ -344,7 +346,9 @@ def run(
         _init_worker(config, max(1, os.cpu_count() or 1))
         results = map(_run_one, todo)
 
-    bar = tqdm(total=len(todo), desc=f"preprocess {out_dir.name}", unit="video", disable=not progress)
+    bar = tqdm(
+        total=len(todo), desc=f"preprocess {out_dir.name}", unit="video", disable=not progress
+    )
     try:
         for video_id, row, vstats, error in results:
             if error is not None:
@@ -378,9 +382,7 @@ def run(
 
     elapsed = time.perf_counter() - t0
     finished = read_video_ids(out_dir)
-    failures = [
-        f for vid, f in _read_failures(failures_path).items() if vid not in finished
-    ]
+    failures = [f for vid, f in _read_failures(failures_path).items() if vid not in finished]
     counts = summarize_shards(out_dir, config.max_gap_s)
     counts["videos_selected"] = len(selected)
     counts["videos_failed"] = len(failures)
@@ -418,23 +420,54 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--dataset", required=True, help="a name from data/datasets.yaml (e.g. synthetic, mevis, hcstvg1, vidstg, folder)")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="a name from data/datasets.yaml (e.g. synthetic, mevis, hcstvg1, vidstg, folder)",
+    )
     p.add_argument("--split", default="train", help="dataset split (see data/datasets.yaml)")
     p.add_argument("--root", type=Path, help="raw dataset root (default: from data/datasets.yaml)")
-    p.add_argument("--out", type=Path, help="output folder (default: data/shards/<dataset>/<split>)")
-    p.add_argument("--weights", help="YOLO weights: a name such as yolo11x.pt / yolo11x-seg.pt (put it in data/models/) or a path; default: the committed synthetic detector")
+    p.add_argument(
+        "--out", type=Path, help="output folder (default: data/shards/<dataset>/<split>)"
+    )
+    p.add_argument(
+        "--weights",
+        help="YOLO weights: a name such as yolo11x.pt / yolo11x-seg.pt (put it in data/models/) or a path; default: the committed synthetic detector",
+    )
     p.add_argument("--conf", type=float, default=0.25, help="detection confidence threshold")
-    p.add_argument("--classes", nargs="+", help="keep only these detector classes (names or ids), e.g. person")
+    p.add_argument(
+        "--classes", nargs="+", help="keep only these detector classes (names or ids), e.g. person"
+    )
     p.add_argument("--imgsz", type=int, help="detector input size (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per detector call")
-    p.add_argument("--track-fps", type=float, help="rate at which frames are detected and tracked (default: native)")
+    p.add_argument(
+        "--track-fps",
+        type=float,
+        help="rate at which frames are detected and tracked (default: native)",
+    )
     p.add_argument("--out-fps", type=float, default=2.0, help="rate of the stored, overlaid frames")
-    p.add_argument("--max-side", type=int, default=640, help="resize frames so the longer side is at most this (0: keep)")
-    p.add_argument("--min-track-frames", type=int, default=3, help="drop tracks observed in fewer frames")
-    p.add_argument("--max-gap-s", type=float, default=0.5, help="interpolate a track's box across gaps up to this long")
-    p.add_argument("--overlay-style", default="number", choices=["number", "box+number", "contour+number"])
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=640,
+        help="resize frames so the longer side is at most this (0: keep)",
+    )
+    p.add_argument(
+        "--min-track-frames", type=int, default=3, help="drop tracks observed in fewer frames"
+    )
+    p.add_argument(
+        "--max-gap-s",
+        type=float,
+        default=0.5,
+        help="interpolate a track's box across gaps up to this long",
+    )
+    p.add_argument(
+        "--overlay-style", default="number", choices=["number", "box+number", "contour+number"]
+    )
     p.add_argument("--jpeg-quality", type=int, default=90)
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (each loads the detector)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="parallel worker processes (each loads the detector)"
+    )
     p.add_argument("--videos-per-file", type=int, default=4, help="videos per atomic part file")
     p.add_argument("--limit", type=int, help="process at most N videos (after sharding)")
     p.add_argument("--num-shards", type=int, default=1, help="split the dataset over N machines")

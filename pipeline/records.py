@@ -22,7 +22,9 @@ def _f32(a, shape_tail: tuple[int, ...], name: str) -> np.ndarray:
     if arr.size == 0:
         arr = arr.reshape((0, *shape_tail))
     if arr.ndim != 1 + len(shape_tail) or arr.shape[1:] != shape_tail:
-        raise ValueError(f"{name} must have shape (N, {', '.join(map(str, shape_tail))}), got {arr.shape}")
+        raise ValueError(
+            f"{name} must have shape (N, {', '.join(map(str, shape_tail))}), got {arr.shape}"
+        )
     arr.setflags(write=False)
     return arr
 
@@ -65,8 +67,12 @@ class GTObject:
         object.__setattr__(self, "times_s", _times(self.times_s, "GTObject.times_s"))
         object.__setattr__(self, "xyxy", _f32(self.xyxy, (4,), "GTObject.xyxy"))
         if len(self.times_s) != len(self.xyxy):
-            raise ValueError(f"GTObject {self.object}: {len(self.times_s)} times but {len(self.xyxy)} boxes")
-        object.__setattr__(self, "masks_rle", _check_masks(self.masks_rle, len(self.times_s), "GTObject"))
+            raise ValueError(
+                f"GTObject {self.object}: {len(self.times_s)} times but {len(self.xyxy)} boxes"
+            )
+        object.__setattr__(
+            self, "masks_rle", _check_masks(self.masks_rle, len(self.times_s), "GTObject")
+        )
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,9 @@ class VideoRecord:
     def __post_init__(self):
         object.__setattr__(self, "source", Path(self.source))
         if self.clip_end_s is not None and not self.clip_end_s > self.clip_start_s:
-            raise ValueError(f"video {self.video_id}: clip_end_s {self.clip_end_s} <= clip_start_s {self.clip_start_s}")
+            raise ValueError(
+                f"video {self.video_id}: clip_end_s {self.clip_end_s} <= clip_start_s {self.clip_start_s}"
+            )
         if not self.fps > 0:
             raise ValueError(f"video {self.video_id}: fps must be > 0, got {self.fps}")
         object.__setattr__(self, "queries", tuple(self.queries))
@@ -172,8 +180,12 @@ class Track:
         object.__setattr__(self, "times_s", _times(self.times_s, "Track.times_s"))
         object.__setattr__(self, "xyxy", _f32(self.xyxy, (4,), "Track.xyxy"))
         if len(self.times_s) != len(self.xyxy):
-            raise ValueError(f"Track {self.id}: {len(self.times_s)} times but {len(self.xyxy)} boxes")
-        object.__setattr__(self, "masks_rle", _check_masks(self.masks_rle, len(self.times_s), "Track"))
+            raise ValueError(
+                f"Track {self.id}: {len(self.times_s)} times but {len(self.xyxy)} boxes"
+            )
+        object.__setattr__(
+            self, "masks_rle", _check_masks(self.masks_rle, len(self.times_s), "Track")
+        )
 
     def boxes_at(self, query_times_s: np.ndarray, max_gap_s: float) -> np.ndarray:
         """(M, 4) boxes at the given times; NaN rows where the track is absent."""

@@ -43,7 +43,11 @@ def write_mp4(
                     stream.width, stream.height = img.shape[1], img.shape[0]
                     stream.pix_fmt = "yuv420p"
                     stream.thread_count = threads
-                    stream.options = {"crf": str(crf), "preset": "veryfast", "movflags": "+faststart"}
+                    stream.options = {
+                        "crf": str(crf),
+                        "preset": "veryfast",
+                        "movflags": "+faststart",
+                    }
                 for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                     container.mux(packet)
                 n += 1
