@@ -1,0 +1,120 @@
+"""The rollout interface: requests in, G completions per request out, behind one protocol.
+
+Two engines implement it: :class:`trainer.rollout.hf.HFRolloutEngine` (transformers
+``generate``; CPU or GPU, the policy generates itself) and
+:class:`trainer.rollout.vllm.VLLMRolloutEngine` (vLLM on GPU, weights pushed after
+each optimiser step).
+
+``Completion.logprobs`` are the log-probs of the sampled tokens under the engine's
+model *before* any sampling transform (temperature 1, no top-p, no token bans): the
+same quantity :func:`trainer.policy.completion_logprobs` computes, so the two can be
+compared for truncated importance sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from trainer.data import check_video_prompt
+
+FINISH_REASONS = ("stop", "length")
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """One prompt to complete.
+
+    Attributes:
+        prompt: chat-templated text holding exactly one unexpanded
+            ``<|vision_start|><|video_pad|><|vision_end|>``.
+        frames: (T, H, W, 3) uint8 RGB, already fitted to the pixel budget (H, W multiples of 28).
+        fps: rate of ``frames`` (sets the model's temporal positions).
+    """
+
+    prompt: str
+    frames: np.ndarray
+    fps: float
+
+    def __post_init__(self):
+        check_video_prompt(self.prompt)
+        frames = np.asarray(self.frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(
+                f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}"
+            )
+        if not self.fps > 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled completion.
+
+    Attributes:
+        request_index: index of its request in the ``generate`` call.
+        token_ids: sampled ids, ending with the stop token (<|im_end|> or <|endoftext|>)
+            when ``finish_reason == "stop"``.
+        text: decoded ``token_ids`` without special tokens.
+        logprobs: one float per token id (see the module docstring), or None.
+        finish_reason: "stop" (a stop token was sampled) or "length" (max_new_tokens reached).
+    """
+
+    request_index: int
+    token_ids: list[int]
+    text: str
+    logprobs: list[float] | None
+    finish_reason: str
+
+    def __post_init__(self):
+        if self.finish_reason not in FINISH_REASONS:
+            raise ValueError(
+                f"finish_reason must be one of {FINISH_REASONS}, got {self.finish_reason!r}"
+            )
+        if self.logprobs is not None and len(self.logprobs) != len(self.token_ids):
+            raise ValueError(f"{len(self.logprobs)} logprobs for {len(self.token_ids)} tokens")
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What the trainer needs from a generator."""
+
+    def generate(
+        self,
+        requests: list[RolloutRequest],
+        *,
+        num_generations: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
+        """Outer list: one entry per request, in order; inner: its ``num_generations`` completions."""
+        ...
+
+    def sync_weights(self, model) -> None:
+        """Make the engine generate with ``model``'s current weights."""
+        ...
+
+    def sleep(self) -> None:
+        """Free accelerator memory between rollouts (no-op where meaningless)."""
+        ...
+
+    def wake_up(self) -> None:
+        """Undo :meth:`sleep`."""
+        ...
+
+
+def make_engine(name: str, model, processor, **kwargs) -> RolloutEngine:
+    """``"hf"`` -> HFRolloutEngine(model, processor, **kwargs); ``"vllm"`` -> VLLMRolloutEngine."""
+    if name == "hf":
+        from trainer.rollout.hf import HFRolloutEngine
+
+        return HFRolloutEngine(model, processor, **kwargs)
+    if name == "vllm":
+        from trainer.rollout.vllm import VLLMRolloutEngine
+
+        return VLLMRolloutEngine.from_policy(model, processor, **kwargs)
+    raise ValueError(f"unknown rollout engine {name!r}: use 'hf' or 'vllm'")
