@@ -145,16 +145,17 @@ class Detector:
         out: list[sv.Detections] = []
         for start in range(0, len(images), self.batch_size):
             # Ultralytics reads numpy frames as BGR; the reversed view is copied by its loader.
-            batch = [np.ascontiguousarray(im[:, :, ::-1]) for im in images[start : start + self.batch_size]]
+            batch = [
+                np.ascontiguousarray(im[:, :, ::-1])
+                for im in images[start : start + self.batch_size]
+            ]
             out.extend(self._to_detections(r) for r in self._predict(batch))
         return out
 
     def _to_detections(self, result) -> sv.Detections:
         det = sv.Detections.from_ultralytics(result)
         names = self.names
-        class_id = (
-            det.class_id.astype(int) if det.class_id is not None else np.zeros(len(det), int)
-        )
+        class_id = det.class_id.astype(int) if det.class_id is not None else np.zeros(len(det), int)
         mask = det.mask if self.has_masks else None
         if self.has_masks and mask is None:  # a segmentation model that found nothing
             h, w = result.orig_shape

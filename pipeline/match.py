@@ -64,7 +64,9 @@ def _iou_matrix(
             for t in np.flatnonzero(iou[:, m] > 0):  # masks only where the boxes overlap
                 j = near[t]
                 if gt_rle[t] is not None and j >= 0 and tr.masks_rle[j] is not None:
-                    iou[t, m] = mask_iou(rle_to_mask(gt_rle[t], h, w), rle_to_mask(tr.masks_rle[j], h, w))
+                    iou[t, m] = mask_iou(
+                        rle_to_mask(gt_rle[t], h, w), rle_to_mask(tr.masks_rle[j], h, w)
+                    )
     return iou, valid
 
 

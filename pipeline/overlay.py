@@ -138,7 +138,9 @@ class IdOverlay:
         if len(ids) == 0:
             return out
         has_mask = (
-            masks.reshape(len(ids), -1).any(axis=1) if masks is not None else np.zeros(len(ids), bool)
+            masks.reshape(len(ids), -1).any(axis=1)
+            if masks is not None
+            else np.zeros(len(ids), bool)
         )
         areas = np.array(
             [
@@ -164,7 +166,9 @@ class IdOverlay:
         thickness = max(1, round(2 * scale))
         for i in np.flatnonzero(keep):
             cx, cy = label_center(boxes[i], masks[i] if has_mask[i] else None)
-            self._put_number(out, str(ids[i]), cx, cy, scale, thickness, self.color or id_color(ids[i]))
+            self._put_number(
+                out, str(ids[i]), cx, cy, scale, thickness, self.color or id_color(ids[i])
+            )
         return out
 
     @staticmethod

@@ -7,8 +7,8 @@ Each video is decoded twice, streaming: once at ``track_fps`` for detection and 
 once at ``out_fps`` to burn the final IDs into the stored frames. Nothing holds a whole
 video in memory. Finished videos are written in small atomic part files, so a rerun
 (after a crash, ``kill -9`` or Ctrl-C) skips them and completes with no duplicate or
-partial rows. Failures are appended to ``failures.jsonl`` and summarised in
-``manifest.json`` together with the config, its hash, package versions and counts.
+partial rows. Failures are appended to ``_failures.jsonl`` and summarised in
+``_manifest.json`` together with the config, its hash, package versions and counts.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from pipeline.runtime import DATA_DIR, resolve
 from pipeline.shards import make_row, read_video_ids, write_json_atomic, write_shard
 
 PART_PREFIX = "part"
+# underscore names: Arrow, pandas and HF datasets skip them when reading the folder
+MANIFEST = "_manifest.json"
+FAILURES = "_failures.jsonl"
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,8 @@ class VideoProcessor:
             batch_size=config.batch_size,
         )
         self.overlay = IdOverlay(style=config.overlay_style)
-        self.tracker_config = TrackerConfig()
+        # short tracks are dropped before renumbering, so IDs stay consecutive 1..K
+        self.tracker_config = TrackerConfig(min_frames=config.min_track_frames)
 
     def __call__(self, record: VideoRecord) -> tuple[dict, dict]:
         from pipeline.decode import iter_frames, probe
@@ -138,7 +142,6 @@ class VideoProcessor:
         tracks = track_frames(
             tracked_frames(), self.detector, self.tracker_config, frame_rate=track_rate
         )
-        tracks = [t for t in tracks if len(t.times_s) >= cfg.min_track_frames]
         if stored_hw is None:
             raise RuntimeError("the video decoded to no frames")
         h, w = stored_hw
@@ -308,7 +311,7 @@ def run(
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / "manifest.json"
+    manifest_path = out_dir / MANIFEST
     if manifest_path.exists() and not overwrite:
         old = json.loads(manifest_path.read_text())
         if old.get("config_hash") != config.hash():
@@ -317,7 +320,7 @@ def run(
                 f"{old.get('config_hash')} != {config.hash()}); use another --out or --overwrite"
             )
     if overwrite:
-        for p in [*out_dir.glob(f"{PART_PREFIX}-*.parquet"), out_dir / "failures.jsonl"]:
+        for p in [*out_dir.glob(f"{PART_PREFIX}-*.parquet"), out_dir / FAILURES]:
             p.unlink(missing_ok=True)
 
     selected = select_records(records, num_shards, shard_index, limit)
@@ -325,7 +328,7 @@ def run(
     todo = [r for r in selected if r.video_id not in done]
     shard_tag = f"{shard_index:03d}of{num_shards:03d}"
     parts = _next_part(out_dir, shard_tag)
-    failures_path = out_dir / "failures.jsonl"
+    failures_path = out_dir / FAILURES
     stats = RunStats()
     pending: list[dict] = []
     t0 = time.perf_counter()
@@ -416,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Detect every object (YOLO), track it (ByteTrack), renumber tracks 1..K, burn the IDs "
             "into frames sampled at --out-fps, match each query's ground truth to track IDs, and "
-            "write Parquet shards + manifest.json. Reruns resume: finished videos are skipped."
+            "write Parquet shards + _manifest.json. Reruns resume: finished videos are skipped."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -99,12 +99,16 @@ class TrackerConfig:
             path = Path(ultralytics.__file__).parent / "cfg" / "trackers" / "bytetrack.yaml"
         cfg = yaml.safe_load(Path(path).read_text())
         if cfg.get("tracker_type", "bytetrack") != "bytetrack":
-            raise ValueError(f"{path}: tracker_type is {cfg['tracker_type']!r}, expected 'bytetrack'")
+            raise ValueError(
+                f"{path}: tracker_type is {cfg['tracker_type']!r}, expected 'bytetrack'"
+            )
         known = {f.name for f in fields(cls)}
         params = {k: cfg[k] for k in _BYTETRACK_KEYS if k in cfg}
         unknown = set(overrides) - known
         if unknown:
-            raise ValueError(f"unknown TrackerConfig fields {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(
+                f"unknown TrackerConfig fields {sorted(unknown)}; known: {sorted(known)}"
+            )
         return cls(**{**params, **overrides})
 
 
@@ -165,7 +169,8 @@ class Tracker:
             else np.asarray(detections.class_id, np.float32)
         )
         xywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
-        rows = self._bytetrack.update(_ByteTrackInput(conf, cls, xywh))  # (M, 8) x1 y1 x2 y2 id score cls idx
+        # (M, 8) rows: x1 y1 x2 y2 track_id score cls detection_idx
+        rows = self._bytetrack.update(_ByteTrackInput(conf, cls, xywh))
         rows = np.asarray(rows, dtype=np.float64).reshape(-1, 8)
         ids = rows[:, 4].astype(np.int64)
         out = detections.select(rows[:, 7].astype(np.int64))
@@ -219,7 +224,9 @@ class TrackBuilder:
         if len(detections) == 0:
             return
         if detections.tracker_id is None:
-            raise ValueError(f"detections at t={time_s:.3f}s have no tracker_id; run a Tracker first")
+            raise ValueError(
+                f"detections at t={time_s:.3f}s have no tracker_id; run a Tracker first"
+            )
         xyxy = np.asarray(detections.xyxy, dtype=np.float32).reshape(-1, 4)
         if self.out_wh is not None:
             (fw, fh), (ow, oh) = self.frame_wh, self.out_wh

@@ -47,7 +47,8 @@ def mini_demo(tmp_path_factory):
     summary = run_demo(
         root / "out",
         data_dir=root / "data",
-        train_overrides=["max_steps=2", "num_generations=4", "per_step_prompts=2", "save_steps=1"],
+        train_overrides=["max_steps=2", "num_generations=4", "per_step_prompts=2", "save_steps=1",
+                         "cold_start_steps=150"],
         synthetic=SMALL_SYNTHETIC,
         progress=False,
     )

@@ -31,7 +31,7 @@ def test_videos_are_playable(mini_demo):
 def test_manifest_counts_and_shards_readable(mini_demo):
     shards = mini_demo["data"] / "shards" / "synthetic"
     for split in ("train", "test"):
-        manifest = json.loads((shards / split / "manifest.json").read_text())
+        manifest = json.loads((shards / split / "_manifest.json").read_text())
         c = manifest["counts"]
         assert c["videos"] == {"train": 4, "test": 2}[split]
         assert c["videos_failed"] == 0

@@ -104,6 +104,13 @@ class TrainConfig:
     warmup_ratio: float = _f(0.0, "fraction of the steps spent warming the learning rate up")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
+    cold_start_steps: int = _f(
+        0,
+        "supervised steps on ground-truth answers before GRPO (0: off). A model that never "
+        "writes a parsable answer gets zero-variance groups and no GRPO update; see trainer.sft",
+    )
+    cold_start_learning_rate: float = _f(3e-3, "AdamW learning rate of the cold start")
+    cold_start_batch_size: int = _f(4, "queries per cold-start step")
 
     # ---- GRPO
     epsilon_low: float = _f(

@@ -197,18 +197,35 @@ class GroundingDataset:
             raise IndexError(f"index {i} out of range for {len(self)} queries")
         i = i % len(self)
         video, query = self.index[i]
-        idx, fps_eff = sample_indices(len(video.frames), video.out_fps, self.fps, self.max_frames)
-        frames = fit_to_budget(_decode(video.frames, idx), total_pixels=self.total_pixels)
-        times = np.asarray(video.frame_times_s, np.float32)[idx]
-        return GroundingSample(
-            video=video,
-            query=query,
-            frames=frames,
-            frame_times_s=times,
-            fps=fps_eff,
-            duration_s=len(video.frames) / float(video.out_fps),
-            index=i,
-        )
+        return make_sample(
+            video, query, fps=self.fps, max_frames=self.max_frames,
+            total_pixels=self.total_pixels, index=i,
+        )  # fmt: skip
+
+
+def make_sample(
+    video: ShardVideo,
+    query: QueryRecord,
+    *,
+    fps: float = 2.0,
+    max_frames: int | None = 32,
+    total_pixels: int = DEFAULT_TOTAL_PIXELS,
+    index: int = 0,
+) -> GroundingSample:
+    """One model input: frames sampled at ``fps`` (at most ``max_frames``), fitted to the
+    pixel budget. Shared by training, evaluation and prediction."""
+    idx, fps_eff = sample_indices(len(video.frames), video.out_fps, fps, max_frames)
+    frames = fit_to_budget(_decode(video.frames, idx), total_pixels=total_pixels)
+    times = np.asarray(video.frame_times_s, np.float32)[idx]
+    return GroundingSample(
+        video=video,
+        query=query,
+        frames=frames,
+        frame_times_s=times,
+        fps=fps_eff,
+        duration_s=len(video.frames) / float(video.out_fps),
+        index=index,
+    )
 
 
 def video_metadata(num_frames: int, fps: float) -> dict:

@@ -117,7 +117,7 @@ def run_demo(
 
     summary = {
         "shards": str(shard_root),
-        "manifest": str(shard_root / train_split / "manifest.json"),
+        "manifest": str(shard_root / train_split / "_manifest.json"),
         "model": str(final),
         "train_metrics": str(out / "train" / "metrics.jsonl"),
         "metrics_table": str(out / "metrics.md"),

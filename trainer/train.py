@@ -171,8 +171,25 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
     output_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = _device(cfg)
+    ckpt = None
+    if resume:
+        ckpt = latest_checkpoint(output_dir) if resume in (True, "latest") else Path(resume)
+        if ckpt is None or not (ckpt / "trainer_state.pt").exists():
+            raise SystemExit(f"--resume: no complete checkpoint-* folder in {output_dir}")
+    # a full-model checkpoint is loaded by transformers itself (its own key mapping);
+    # a LoRA checkpoint holds only the adapter, put on top of the base model below
+    full_ckpt = ckpt is not None and not (ckpt / "model" / "adapter_config.json").exists()
+    base = cfg.model
+    if cfg.cold_start_steps > 0:
+        from trainer.sft import cold_start
+
+        base = str(output_dir / "cold_start")
+        if not (Path(base) / "config.json").exists():
+            cold_start(cfg, Path(base), steps=cfg.cold_start_steps, batch_size=cfg.cold_start_batch_size,
+                       learning_rate=cfg.cold_start_learning_rate, progress=progress)  # fmt: skip
+            seed_everything(cfg.seed)
     model, processor = load_policy(
-        cfg.model,
+        str(ckpt / "model") if full_ckpt else base,
         device=device,
         dtype=cfg.dtype,
         gradient_checkpointing=cfg.gradient_checkpointing,
@@ -181,7 +198,7 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
     )
     ref_model = None
     if cfg.beta > 0:
-        ref_model, _ = load_policy(cfg.model, device=device, dtype=cfg.dtype)
+        ref_model, _ = load_policy(base, device=device, dtype=cfg.dtype)
         ref_model.eval().requires_grad_(False)
     dataset = GroundingDataset(
         cfg.train_shards, fps=cfg.fps, max_frames=cfg.max_frames, total_pixels=cfg.total_pixels
@@ -204,10 +221,7 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
         num_training_steps=total_steps,
     )
     state = TrainState()
-    if resume:
-        ckpt = latest_checkpoint(output_dir) if resume is True or resume == "latest" else Path(resume)
-        if ckpt is None:
-            raise SystemExit(f"--resume: no checkpoint-* folder in {output_dir}")
+    if ckpt is not None:
         _load_checkpoint(ckpt, model, optimizer, scheduler, state)
         engine.sync_weights(model)
         print(f"resumed from {ckpt} at step {state.step}")
@@ -363,19 +377,12 @@ def _pad(rows: list[list[float]], shape: tuple[int, int], device) -> torch.Tenso
 
 
 def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, state: TrainState) -> None:
-    from safetensors.torch import load_file
-
-    weights = {}
-    for f in sorted((ckpt / "model").glob("*.safetensors")):
-        weights.update(load_file(f))
-    if hasattr(model, "load_adapter") and (ckpt / "model" / "adapter_config.json").exists():
+    """Optimizer, scheduler, data position and RNG (and LoRA adapter weights) of ``ckpt``."""
+    if (ckpt / "model" / "adapter_config.json").exists():
         from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
 
-        set_peft_model_state_dict(model, weights)
-    else:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if unexpected:
-            raise RuntimeError(f"checkpoint {ckpt} does not fit the model: unexpected {unexpected[:3]}")
+        set_peft_model_state_dict(model, load_file(ckpt / "model" / "adapter_model.safetensors"))
     blob = torch.load(ckpt / "trainer_state.pt", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])

@@ -1,0 +1,141 @@
+"""GT -> track ID matching, on hand-built tracks with expected values worked out in comments."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.geometry import mask_to_rle
+from pipeline.match import match_quality, match_query, match_targets
+from pipeline.records import GTObject, QueryRecord, Track
+
+SQ = [0.0, 0.0, 10.0, 10.0]  # a 10x10 square at the origin
+
+
+def shifted(box, dx=0.0, dy=0.0):
+    return [box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy]
+
+
+def track(tid, times, boxes, masks_rle=None) -> Track:
+    return Track(id=tid, class_name="square", times_s=times, xyxy=boxes, masks_rle=masks_rle)
+
+
+def query(*gts: GTObject) -> QueryRecord:
+    return QueryRecord(
+        query_id="q", text="the square", qtype="referring", span_s=(0.0, 4.0), gt=gts
+    )
+
+
+def gt(times, boxes, obj=0, masks_rle=None) -> GTObject:
+    return GTObject(object=obj, times_s=times, xyxy=boxes, masks_rle=masks_rle)
+
+
+FAR = track(9, [0, 1, 2, 3, 4], [shifted(SQ, 100, 100)] * 5)  # never near any GT here
+
+
+def test_single_target_partial_overlap():
+    # Track 1 sits 5 px right of the GT: intersection 5x10 = 50, union 100 + 100 - 50 = 150,
+    # IoU = 1/3 on each of the 3 frames -> match_iou = 1/3; the far track scores 0.
+    times = [0.0, 1.0, 2.0]
+    t1 = track(1, times, [shifted(SQ, 5)] * 3)
+    q = query(gt(times, [SQ] * 3))
+    out = match_query(q, [FAR, t1], max_gap_s=1.5)
+    assert out.target_ids == (1,)
+    assert out.match_iou == pytest.approx(1 / 3)
+    assert q.target_ids == () and math.isnan(q.match_iou)  # the input record is unchanged
+    # with min_iou 0.5 no frame votes (best IoU 1/3): no ID, and match_iou 0 (nothing chosen)
+    strict = match_query(q, [FAR, t1], max_gap_s=1.5, min_iou=0.5)
+    assert strict.target_ids == () and strict.match_iou == 0.0
+
+
+def test_multi_target_gets_sorted_unique_ids():
+    # Object 7 is covered exactly by track 3 (IoU 1), object 8 by track 1 shifted 5 px (IoU 1/3).
+    # match_iou = mean over all 2 + 2 GT frames = (1 + 1 + 1/3 + 1/3) / 4 = 2/3.
+    times = [0.0, 1.0]
+    other = shifted(SQ, 50)
+    t3 = track(3, times, [SQ, SQ])
+    t1 = track(1, times, [shifted(other, 5)] * 2)
+    q = query(gt(times, [SQ, SQ], obj=7), gt(times, [other, other], obj=8))
+    out = match_query(q, [t3, t1, FAR], max_gap_s=1.5)
+    assert out.target_ids == (1, 3)
+    assert out.match_iou == pytest.approx(2 / 3)
+    # two GT objects on the same track give that ID once, and are not "exact"
+    q_same = query(gt(times, [SQ, SQ], obj=7), gt(times, [SQ, SQ], obj=8))
+    assert match_query(q_same, [t3], max_gap_s=1.5).target_ids == (3,)
+    quality = match_quality(q_same, [t3], 1.5)
+    assert quality["track_ids"] == [3, 3] and not quality["distinct"] and not quality["exact"]
+
+
+def test_target_never_tracked_gets_no_id():
+    q = query(gt([0.0, 1.0], [shifted(SQ, 40, 40)] * 2))
+    out = match_query(q, [FAR], max_gap_s=1.5)
+    assert out.target_ids == () and out.match_iou == 0.0  # GT frames exist, nothing covers them
+    assert match_query(q, [], max_gap_s=1.5).target_ids == ()
+    empty = match_query(query(), [FAR], max_gap_s=1.5)  # no ground truth: nothing to measure
+    assert empty.target_ids == () and math.isnan(empty.match_iou)
+    assert match_quality(q, [FAR], 1.5)["exact"] is False
+
+
+def test_majority_vote_beats_brief_id_switch():
+    # GT at t = 0..4 s. Track 1 is observed at 0, 1, 3, 4 (gap 1 -> 3 is 2 s > max_gap 1.5 s,
+    # so it is absent at t = 2); track 2 exists only at t = 2, exactly on the GT.
+    # Votes: track 1 x4, track 2 x1 -> ID 1. Its IoU per frame: 1, 1, 0, 1, 1 -> match_iou 0.8.
+    times = [0.0, 1.0, 2.0, 3.0, 4.0]
+    t1 = track(1, [0.0, 1.0, 3.0, 4.0], [SQ] * 4)
+    t2 = track(2, [2.0], [SQ])
+    q = query(gt(times, [SQ] * 5))
+    out = match_query(q, [t2, t1], max_gap_s=1.5)
+    assert out.target_ids == (1,)
+    assert out.match_iou == pytest.approx(0.8)
+    (m,) = match_targets(q, [t2, t1], max_gap_s=1.5)
+    assert m.votes == 4
+    np.testing.assert_allclose(m.iou, [1, 1, 0, 1, 1])
+    # coverage 4/5 = 0.8 < 0.9: the ID is right by majority but not "exact"
+    quality = match_quality(q, [t2, t1], 1.5)
+    assert quality["coverage"] == [pytest.approx(0.8)] and not quality["exact"]
+
+
+def test_interpolation_between_track_samples_at_another_rate():
+    # Track sampled at 1 Hz moving 10 px/s: [0,0,10,10] at t=0, [10,0,20,10] at t=1.
+    # GT at 4 Hz moves the same way, e.g. t=0.25 -> [2.5,0,12.5,10]: the interpolated
+    # track box equals the GT at every GT time -> IoU 1 everywhere.
+    t1 = track(1, [0.0, 1.0], [SQ, shifted(SQ, 10)])
+    gt_times = [0.0, 0.25, 0.5, 0.75, 1.0]
+    q = query(gt(gt_times, [shifted(SQ, 10 * t) for t in gt_times]))
+    out = match_query(q, [t1], max_gap_s=1.5)
+    assert out.target_ids == (1,) and out.match_iou == pytest.approx(1.0)
+    assert match_quality(q, [t1], 1.5)["exact"] is True
+    # max_gap 0.5 s < the 1 s between samples: absent inside the gap, IoU 1, 0, 0, 0, 1 -> 0.4
+    short = match_query(q, [t1], max_gap_s=0.5)
+    assert short.target_ids == (1,) and short.match_iou == pytest.approx(0.4)
+
+
+def test_vote_tie_goes_to_larger_summed_iou():
+    # Two frames: track 1 wins t=0 with IoU 1 (track 2 has 1/3 there), track 2 wins t=1 with
+    # IoU 0.5 (track 1 has 1/3). Votes 1-1; summed IoU: track 1 = 1 + 1/3, track 2 = 1/3 + 0.5.
+    # Track 2 at t=1: [0,0,10,5] vs GT [0,0,10,10] -> inter 50, union 100 -> 0.5.
+    times = [0.0, 1.0]
+    t1 = track(1, times, [SQ, shifted(SQ, 5)])
+    t2 = track(2, times, [shifted(SQ, 5), [0, 0, 10, 5]])
+    out = match_query(query(gt(times, [SQ, SQ])), [t2, t1], max_gap_s=1.5)
+    assert out.target_ids == (1,)
+    assert out.match_iou == pytest.approx((1 + 1 / 3) / 2)
+
+
+def test_mask_iou_option():
+    # Same boxes, but the GT mask is the left half of the square while the track's mask fills it:
+    # mask IoU = 50 / 100 = 0.5, against box IoU 1.
+    h, w = 20, 20
+    full = np.zeros((h, w), bool)
+    full[0:10, 0:10] = True
+    half = np.zeros((h, w), bool)
+    half[0:10, 0:5] = True
+    t1 = track(1, [0.0], [SQ], masks_rle=[mask_to_rle(full)])
+    q = query(gt([0.0], [SQ], masks_rle=[mask_to_rle(half)]))
+    assert match_query(q, [t1], max_gap_s=1.0).match_iou == pytest.approx(1.0)
+    by_mask = match_query(q, [t1], max_gap_s=1.0, use_masks=True, frame_hw=(h, w))
+    assert by_mask.target_ids == (1,) and by_mask.match_iou == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="frame_hw"):
+        match_query(q, [t1], max_gap_s=1.0, use_masks=True)

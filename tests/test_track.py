@@ -1,0 +1,148 @@
+"""ByteTrack wrapper and ID cleaning, on synthetic detections through the real BYTETracker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import supervision as sv
+
+from pipeline.geometry import mask_to_xyxy, rle_to_mask
+from pipeline.track import TrackBuilder, Tracker, TrackerConfig, collect_tracks
+
+FPS = 30.0
+H, W = 120, 160
+
+
+def dets(boxes, classes=None, masks=False, conf=0.9) -> sv.Detections:
+    """Detections for boxes (N, 4); optional filled-box masks at (H, W)."""
+    xyxy = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+    n = len(xyxy)
+    names = np.array(classes if classes is not None else ["square"] * n, dtype=str)
+    mask = None
+    if masks:
+        mask = np.zeros((n, H, W), dtype=bool)
+        for i, (x1, y1, x2, y2) in enumerate(xyxy.astype(int)):
+            mask[i, y1:y2, x1:x2] = True
+    return sv.Detections(
+        xyxy=xyxy,
+        mask=mask,
+        confidence=np.full(n, conf, np.float32),
+        class_id=np.zeros(n, int),
+        data={"class_name": names},
+    )
+
+
+def two_movers(k: int) -> list[list[float]]:
+    """Object A moves right 2 px/frame at the top, B moves left at the bottom (never overlap)."""
+    return [[10 + 2 * k, 10, 30 + 2 * k, 30], [120 - 2 * k, 70, 140 - 2 * k, 95]]
+
+
+def test_config_defaults_are_bytetrack_yaml():
+    from_yaml = TrackerConfig.from_bytetrack_yaml()
+    assert from_yaml == TrackerConfig()
+    assert TrackerConfig.from_bytetrack_yaml(track_buffer=10).track_buffer == 10
+    with pytest.raises(ValueError, match="track_low_thresh"):
+        TrackerConfig(track_low_thresh=0.5, track_high_thresh=0.2)
+
+
+def test_ids_are_consistent_and_input_untouched():
+    tracker = Tracker(TrackerConfig(), FPS)
+    seen: dict[int, set[int]] = {0: set(), 1: set()}
+    for k in range(15):
+        d = dets(two_movers(k), masks=True)
+        before = d.xyxy.copy()
+        out = tracker.update(d, k / FPS)
+        assert d.tracker_id is None and np.array_equal(d.xyxy, before)  # input not mutated
+        assert out is not d and len(out) == 2
+        for row in range(2):
+            # which input object this output row is: match on x1
+            obj = int(np.argmin(np.abs(np.array(two_movers(k))[:, 0] - out.xyxy[row, 0])))
+            seen[obj].add(int(out.tracker_id[row]))
+            np.testing.assert_array_equal(out.mask[row], d.mask[obj])  # masks follow their rows
+    assert len(seen[0]) == 1 and len(seen[1]) == 1 and seen[0] != seen[1]
+
+
+def test_rejects_non_increasing_time():
+    tracker = Tracker()
+    tracker.update(dets(two_movers(0)), 0.0)
+    with pytest.raises(ValueError, match="increase"):
+        tracker.update(dets(two_movers(1)), 0.0)
+
+
+def test_renumber_first_appearance_ties_left_to_right_and_drop_short():
+    # Frame 0: B (right) is listed first, so ByteTrack gives it raw ID 1 and A raw ID 2.
+    # A flicker object C exists only on frames 3-4 (2 frames < min_frames=3): dropped.
+    # D appears at frame 6 and lives on: it becomes ID 3 (not 4).
+    frames = []
+    for k in range(12):
+        a, b = two_movers(k)
+        boxes = [b, a]
+        if k in (3, 4):
+            boxes.append([70, 40, 85, 55])
+        if k >= 6:
+            boxes.append([60, 100, 80, 118])
+        frames.append((k / FPS, dets(boxes)))
+    tracks = collect_tracks(frames, TrackerConfig(min_frames=3), FPS)
+    assert [t.id for t in tracks] == [1, 2, 3]
+    # ID 1 = A (left at frame 0, x1 = 10), ID 2 = B (x1 = 120), ID 3 = D from frame 6
+    assert tracks[0].xyxy[0, 0] == 10 and tracks[1].xyxy[0, 0] == 120
+    np.testing.assert_allclose(tracks[2].times_s[0], 6 / FPS, atol=1e-6)  # first detection kept
+    assert len(tracks[2].times_s) == 6  # frames 6..11
+    assert all(len(t.times_s) == 12 for t in tracks[:2])
+
+
+def test_masks_aligned_and_scaled_to_out_size():
+    frames = [(k / FPS, dets(two_movers(k), masks=True)) for k in range(6)]
+    tracks = collect_tracks(frames, TrackerConfig(), FPS, frame_wh=(W, H), out_wh=(W // 2, H // 2))
+    assert len(tracks) == 2
+    for tr in tracks:
+        assert tr.masks_rle is not None and len(tr.masks_rle) == len(tr.times_s)
+        for box, rle in zip(tr.xyxy, tr.masks_rle):
+            m = rle_to_mask(rle, H // 2, W // 2)
+            # boxes halved (e.g. A at frame 0: 10,10,30,30 -> 5,5,15,15); the filled-box mask,
+            # resized by nearest neighbour, has exactly the halved box as its extent
+            np.testing.assert_allclose(mask_to_xyxy(m), box, atol=1.0)
+    np.testing.assert_allclose(tracks[0].xyxy[0], [5, 5, 15, 15])
+
+
+def test_class_majority_vote():
+    frames = []
+    for k in range(5):
+        a, b = two_movers(k)
+        frames.append((k / FPS, dets([a, b], classes=["circle" if k == 2 else "square", "star"])))
+    tracks = collect_tracks(frames, TrackerConfig(), FPS)
+    assert [t.class_name for t in tracks] == ["square", "star"]  # 4 of 5 frames say square
+
+
+def _fragmented(gap_frames: int, second_class: str = "square", jump_px: float = 0.0):
+    """One object seen on frames 0-9, gone for gap_frames, seen again for 10 frames."""
+    frames = []
+    for k in range(20 + gap_frames):
+        if 10 <= k < 10 + gap_frames:
+            frames.append((k / FPS, dets(np.zeros((0, 4)))))
+            continue
+        x = 10 + 1.0 * k + (jump_px if k >= 10 else 0)
+        cls = "square" if k < 10 else second_class
+        frames.append((k / FPS, dets([[x, 40, x + 24, 64]], classes=[cls])))
+    return frames
+
+
+def test_fragments_merged_only_when_enabled_and_plausible():
+    # track_buffer 3 (at 30 fps) < gap of 12 frames (0.4 s): ByteTrack starts a new track.
+    base = TrackerConfig(track_buffer=3)
+    frames = _fragmented(12)
+    split = collect_tracks(frames, base, FPS)
+    assert [len(t.times_s) for t in split] == [10, 10]
+    merged = collect_tracks(frames, TrackerConfig(track_buffer=3, merge_gap_s=0.5), FPS)
+    assert len(merged) == 1 and merged[0].id == 1 and len(merged[0].times_s) == 20
+    # gap 0.4 s > merge_gap_s 0.3 s: kept apart
+    assert len(collect_tracks(frames, TrackerConfig(track_buffer=3, merge_gap_s=0.3), FPS)) == 2
+    # another class, or reappearing 100 px away (> 1 box diagonal = 34 px): kept apart
+    cfg = TrackerConfig(track_buffer=3, merge_gap_s=0.5)
+    assert len(collect_tracks(_fragmented(12, second_class="star"), cfg, FPS)) == 2
+    assert len(collect_tracks(_fragmented(12, jump_px=100), cfg, FPS)) == 2
+
+
+def test_builder_requires_tracker_ids():
+    with pytest.raises(ValueError, match="tracker_id"):
+        TrackBuilder().add(0.0, dets(two_movers(0)))
