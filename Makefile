@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-stamp
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 DATASET ?= synthetic
-SPLIT ?= train
+SPLIT ?=
 CONFIG ?= configs/tiny_synthetic.yaml
 MODEL ?= data/runs/train/final
 VIDEO ?=
@@ -62,19 +62,22 @@ synthetic: $(STAMP)  ## generate the synthetic dataset in the MeViS, HC-STVG and
 detector: $(STAMP)  ## train the small YOLO detector on the synthetic detection set (CPU, minutes)
 	$(PY) -m pipeline.train_detector $(ARGS)
 
-preprocess: $(STAMP)  ## DATASET=<name> SPLIT=<split>: detect, track, overlay IDs, write shards
-	$(PY) -m pipeline.preprocess --dataset $(DATASET) --split $(SPLIT) $(ARGS)
+preprocess: $(STAMP)  ## DATASET=<name> SPLIT=<split> (default train): detect, track, overlay IDs, write shards
+	@if [[ "$(DATASET)" == synthetic* ]]; then $(PY) -m pipeline.synthetic --out data/raw/synthetic; fi
+	$(PY) -m pipeline.preprocess --dataset $(DATASET) --split $(or $(SPLIT),train) $(ARGS)
 
 tiny: $(STAMP)  ## build the tiny offline Qwen2.5-VL into data/models/tiny-qwen2.5-vl
 	$(PY) -m trainer.tiny $(ARGS)
 
 train: $(STAMP)  ## CONFIG=<yaml>: GRPO training (default: tiny model on synthetic shards, CPU)
+	@if [[ "$(CONFIG)" == *tiny* ]]; then $(PY) -m trainer.tiny; fi
 	$(PY) -m trainer.train --config $(CONFIG) $(ARGS)
 
-eval: $(STAMP)  ## MODEL=<path|hub id|baseline> DATASET= SPLIT=: metrics.json + table
-	$(PY) -m trainer.evaluate --model $(MODEL) --dataset $(DATASET) --split $(SPLIT) $(ARGS)
+eval: $(STAMP)  ## MODEL=<path|hub id|oracle|largest|random> DATASET= SPLIT= (default test): metrics.json + table
+	$(PY) -m trainer.evaluate --model $(MODEL) --dataset $(DATASET) --split $(or $(SPLIT),test) $(ARGS)
 
 predict: $(STAMP)  ## VIDEO=<path> QUERY="...": ground a query in any video, write a highlighted mp4
+	@test -n "$(VIDEO)" -a -n "$(QUERY)" || { echo 'usage: make predict VIDEO=path/to/video.mp4 QUERY="the red circle that stops"'; exit 2; }
 	$(PY) -m trainer.predict --video "$(VIDEO)" --query "$(QUERY)" $(ARGS)
 
 notebooks: $(STAMP)  ## open Jupyter on notebooks/ (installs the `notebooks` extra)
