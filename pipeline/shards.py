@@ -7,6 +7,7 @@ once at start-up from a light column projection.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -234,47 +235,42 @@ def row_to_video(row: dict) -> ShardVideo:
 # ------------------------------------------------------------------ writing
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator:
+    """Open a temp file beside ``path``; on success fsync and rename it over ``path``.
+
+    A crash (or ``kill -9``) leaves either the complete old/new file or a stray hidden
+    ``.tmp`` file that readers ignore, never a partial ``path``.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_shard(path: str | Path, rows: Sequence[dict], row_group_size: int = 4) -> Path:
-    """Write rows to ``path`` atomically: a temp file in the same folder, fsync, rename.
-
-    A crash leaves either the complete file or no file (plus a stray ``.tmp`` that
-    readers ignore), never a partial shard.
-    """
-    path = Path(path)
+    """Write rows to ``path`` atomically (see :func:`atomic_file`); small row groups let
+    readers fetch one video without reading the others."""
     table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f, row_group_size=max(1, row_group_size), compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path, "wb") as f:
+        pq.write_table(table, f, row_group_size=max(1, row_group_size), compression="zstd")
+    return Path(path)
 
 
 def write_json_atomic(path: str | Path, obj) -> Path:
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write JSON atomically (see :func:`atomic_file`)."""
+    with atomic_file(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    return Path(path)
 
 
 # ------------------------------------------------------------------ reading

@@ -19,9 +19,7 @@ import difflib
 import hashlib
 import json
 import math
-import os
 import sys
-import tempfile
 import types
 import typing
 import warnings
@@ -278,17 +276,11 @@ class TrainConfig:
 
     def save_yaml(self, path: str | Path) -> Path:
         """Write the config atomically (temp file + rename); loadable with :func:`load_config`."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_yaml())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from pipeline.shards import atomic_file
+
+        with atomic_file(path, "w") as f:
+            f.write(self.to_yaml())
+        return Path(path)
 
     @classmethod
     def from_dict(cls, data: Mapping, source: str = "dict") -> TrainConfig:
