@@ -177,7 +177,7 @@ class IdOverlay:
         badge's luminance, with a contrasting border: legible on any background, also
         where the object has the ID's colour."""
         font = cv2.FONT_HERSHEY_SIMPLEX
-        (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+        (tw, th), _ = cv2.getTextSize(text, font, scale, thickness)
         pad = max(1, round(th * 0.3))
         x1, y1 = round(cx - tw / 2) - pad, round(cy - th / 2) - pad
         x2, y2 = round(cx + tw / 2) + pad, round(cy + th / 2) + pad

@@ -1,7 +1,7 @@
 """The synthetic STVG dataset, written in the real on-disk formats.
 
 ``python -m pipeline.synthetic --out data/raw/synthetic`` renders procedural scenes
-(:mod:`pipeline.synthetic_scene`) and writes, under ``--out``:
+(:mod:`pipeline.synthetic_scene`, :mod:`pipeline.synthetic_expr`) and writes, under ``--out``:
 
 - ``mevis/{train,valid_u}/``: ``JPEGImages/<vid>/<00000>.jpg``, ``meta_expressions.json``,
   ``mask_dict.json`` (one anno_id per object, COCO RLE or null per frame), plus
@@ -35,18 +35,15 @@ import numpy as np
 
 from pipeline.geometry import mask_to_rle
 from pipeline.runtime import DATA_DIR
+from pipeline.synthetic_expr import Desc, Expression, Query, resolve  # re-exported
 from pipeline.synthetic_scene import (  # re-exported: the scene model lives there
     COLORS_RGB,
     SHAPES,
-    Desc,
     Event,
-    Expression,
-    Query,
     Scene,
     SceneConfig,
     SceneObject,
     make_scene,
-    resolve,
 )
 
 __all__ = [

@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from pipeline.runtime import configure_offline  # noqa: E402
+from pipeline.runtime import configure_offline
 
 configure_offline()
 
@@ -47,8 +47,13 @@ def mini_demo(tmp_path_factory):
     summary = run_demo(
         root / "out",
         data_dir=root / "data",
-        train_overrides=["max_steps=2", "num_generations=4", "per_step_prompts=2", "save_steps=1",
-                         "cold_start_steps=150"],
+        train_overrides=[
+            "max_steps=2",
+            "num_generations=4",
+            "per_step_prompts=2",
+            "save_steps=1",
+            "cold_start_steps=150",
+        ],
         synthetic=SMALL_SYNTHETIC,
         progress=False,
     )

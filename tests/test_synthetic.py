@@ -28,8 +28,8 @@ from pipeline.synthetic import (
     scene_seed,
     video_id,
 )
+from pipeline.synthetic_expr import Expression
 from pipeline.synthetic_scene import (
-    Expression,
     Scene,
     Segment,
     boxes_from_masks,
