@@ -85,18 +85,32 @@ def score_sample(
 
 
 def has_masks(video: ShardVideo, query: QueryRecord) -> bool:
-    return bool(query.gt) and all(g.masks_rle is not None for g in query.gt) and bool(video.tracks) and all(
-        t.masks_rle is not None for t in video.tracks
+    """True when the query's ground truth and every track carry masks (J&F can be scored)."""
+    return (
+        bool(query.gt)
+        and all(g.masks_rle is not None for g in query.gt)
+        and bool(video.tracks)
+        and all(t.masks_rle is not None for t in video.tracks)
     )
 
 
 def _mask_at(times_s, masks_rle, t: float, tol: float, hw) -> np.ndarray:
+    """(H, W) bool: the mask observed nearest to ``t`` (within ``tol``), else empty."""
     from pipeline.geometry import nearest_index, rle_to_mask
 
     i = int(nearest_index(times_s, np.array([t]), tol)[0])
     if i < 0 or masks_rle[i] is None:
         return np.zeros(hw, dtype=bool)
     return rle_to_mask(masks_rle[i], *hw)
+
+
+def _track_mask_at(track, t: float, max_gap_s: float, hw) -> np.ndarray:
+    """A track's mask at ``t``: empty wherever its box is absent (outside its life or in a
+    gap longer than ``max_gap_s``, as :meth:`Track.boxes_at` decides, so J&F and vIoU agree
+    on when an ID is present); otherwise the mask of its nearest observation."""
+    if np.isnan(track.boxes_at(np.array([t]), max_gap_s)).any():
+        return np.zeros(hw, dtype=bool)
+    return _mask_at(track.times_s, track.masks_rle, t, max_gap_s, hw)
 
 
 def mask_metrics(video, query, ids, span_s, *, max_gap_s: float) -> dict:
@@ -106,9 +120,8 @@ def mask_metrics(video, query, ids, span_s, *, max_gap_s: float) -> dict:
 
     hw = (video.height, video.width)
     gt_tol = 0.5 / max(video.native_fps, 1e-6)
-    tr_tol = max_gap_s
     preds, gts = [], []
-    chosen = [t for t in video.tracks if t.id in set(ids)]
+    chosen = [t for t in video.tracks if t.id in {int(i) for i in ids}]
     for t in video.frame_times_s.tolist():
         gt = np.zeros(hw, dtype=bool)
         for g in query.gt:
@@ -116,7 +129,7 @@ def mask_metrics(video, query, ids, span_s, *, max_gap_s: float) -> dict:
         pred = np.zeros(hw, dtype=bool)
         if span_s is not None and span_s[0] <= t <= span_s[1]:
             for tr in chosen:
-                pred |= _mask_at(tr.times_s, tr.masks_rle, t, tr_tol, hw)
+                pred |= _track_mask_at(tr, t, max_gap_s, hw)
         preds.append(pred)
         gts.append(gt)
     return dict(j_and_f(preds, gts))
@@ -161,18 +174,35 @@ def markdown_table(summaries: dict[str, dict]) -> str:
 # ------------------------------------------------------------------ running
 
 
-def iter_eval_items(shards: Path, limit: int | None) -> Iterable[tuple[ShardVideo, QueryRecord]]:
-    from pipeline.shards import read_videos
+def eval_items(
+    shards: Path, limit: int | None = None
+) -> tuple[list[tuple[ShardVideo, QueryRecord]], int]:
+    """The (video, query) pairs to score, in shard order, and how many queries were skipped
+    for having no ground truth (e.g. MeViS ``valid``: it cannot be scored here).
 
-    n = 0
+    Queries with ground truth but no matched track are kept: they score 0 for the model,
+    which is the cost of a detection or tracking miss.
+    """
+    from pipeline.shards import list_shards, read_videos
+
+    if not list_shards(shards):
+        raise SystemExit(f"no shard files (*.parquet) in {shards}")
+    items: list[tuple[ShardVideo, QueryRecord]] = []
+    skipped = 0
     for video in read_videos(shards):
         for query in video.queries:
             if not query.gt:
-                continue  # no ground truth (e.g. MeViS `valid`): cannot be scored here
-            if limit is not None and n >= limit:
-                return
-            n += 1
-            yield video, query
+                skipped += 1
+            elif limit is None or len(items) < limit:
+                items.append((video, query))
+        if limit is not None and len(items) >= limit:
+            break
+    return items, skipped
+
+
+def iter_eval_items(shards: Path, limit: int | None) -> Iterable[tuple[ShardVideo, QueryRecord]]:
+    """The annotated (video, query) pairs of :func:`eval_items`."""
+    yield from eval_items(shards, limit)[0]
 
 
 def evaluate(
@@ -192,16 +222,21 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Score ``model`` (a checkpoint, hub id or baseline name) on every annotated query."""
+    """Score ``model`` (a checkpoint, hub id or baseline name) on every annotated query.
+
+    Writes ``predictions.jsonl`` (one line per scored query), ``metrics.json`` and
+    ``metrics.md`` into ``out_dir``. Returns the summary: ``overall`` and ``by_qtype``
+    (plus ``by_dataset`` when the shards mix datasets) in percent, ``n_queries`` scored
+    and ``n_skipped_no_gt`` (queries without ground truth).
+    """
     from tqdm import tqdm
 
     from pipeline.shards import write_json_atomic
 
-    items = list(iter_eval_items(shards, limit))
+    items, skipped = eval_items(shards, limit)
     if not items:
-        raise SystemExit(f"no annotated queries in {shards}")
+        raise SystemExit(f"no annotated queries in {shards} ({skipped} without ground truth)")
     rng = np.random.default_rng(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     if model in BASELINES:
         answers = [(*baseline_answer(model, v, q, rng), None) for v, q in items]
@@ -211,6 +246,7 @@ def evaluate(
             fps=fps, max_frames=max_frames, total_pixels=total_pixels, batch_size=batch_size,
             progress=progress,
         )  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "predictions.jsonl").open("w") as f:
         for (video, query), (ids, span, text) in tqdm(
             list(zip(items, answers)), desc="score", disable=not progress
@@ -231,7 +267,7 @@ def evaluate(
             results.append(r)
             f.write(json.dumps(r, default=float) + "\n")
     summary = summarize_groups(results)
-    summary.update(model=model, shards=str(shards), n_queries=len(results))
+    summary.update(model=model, shards=str(shards), n_queries=len(results), n_skipped_no_gt=skipped)
     write_json_atomic(out_dir / "metrics.json", summary)
     (out_dir / "metrics.md").write_text(markdown_table({Path(model).name or model: summary}))
     return summary
@@ -282,11 +318,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="checkpoint folder, hub id, or one of " + ", ".join(BASELINES))
-    p.add_argument("--dataset", default="synthetic", help="dataset name (shards in data/shards/<dataset>/<split>)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint folder, hub id, or one of " + ", ".join(BASELINES),
+    )
+    p.add_argument(
+        "--dataset",
+        default="synthetic",
+        help="dataset name (shards in data/shards/<dataset>/<split>)",
+    )
     p.add_argument("--split", default="test")
     p.add_argument("--shards", type=Path, help="shard folder (overrides --dataset/--split)")
-    p.add_argument("--out", type=Path, help="output folder (default: data/runs/eval/<model>/<dataset>_<split>)")
+    p.add_argument(
+        "--out", type=Path, help="output folder (default: data/runs/eval/<model>/<dataset>_<split>)"
+    )
     p.add_argument("--template", default="json", help="prompt template (json, stvg_r1, ...)")
     p.add_argument("--rollout", default="hf", choices=["hf", "vllm"], help="generation engine")
     p.add_argument("--limit", type=int, help="score at most N queries")
@@ -299,26 +345,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    shards = resolve(args.shards) if args.shards else DATA_DIR / "shards" / args.dataset / args.split
-    name = args.model if args.model in BASELINES else Path(args.model).name or args.model.replace("/", "_")
-    out = resolve(args.out) if args.out else RUNS_DIR / "eval" / name / f"{shards.parent.name}_{shards.name}"
-    summary = evaluate(
-        args.model if args.model in BASELINES else str(resolve(args.model)) if Path(args.model).exists() else args.model,
-        shards,
-        out,
-        template=args.template,
-        rollout=args.rollout,
-        limit=args.limit,
-        max_new_tokens=args.max_new_tokens,
-        fps=args.fps,
-        max_frames=args.max_frames,
-        total_pixels=args.total_pixels,
-        max_gap_s=args.max_gap_s,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.no_progress,
+    shards = (
+        resolve(args.shards) if args.shards else DATA_DIR / "shards" / args.dataset / args.split
     )
+    if not shards.exists():
+        raise SystemExit(
+            f"error: no shard folder {shards}; write it with `make preprocess DATASET=<name> "
+            "SPLIT=<split>` (python -m pipeline.preprocess) or pass --shards"
+        )
+    if args.model in BASELINES:
+        model = name = args.model
+    else:
+        local = resolve(args.model)
+        hub_id = args.model.count("/") == 1 and not args.model.startswith((".", "/", "~"))
+        if not local.exists() and not hub_id:
+            raise SystemExit(
+                f"error: no model folder {local}; train one (`make train`), or pass a hub id "
+                f"or a baseline ({', '.join(BASELINES)})"
+            )
+        model = str(local) if local.exists() else args.model  # else a hub id in the local cache
+        name = Path(args.model).name or args.model.replace("/", "_")
+    out = (
+        resolve(args.out)
+        if args.out
+        else RUNS_DIR / "eval" / name / f"{shards.parent.name}_{shards.name}"
+    )
+    try:
+        summary = evaluate(
+            model,
+            shards,
+            out,
+            template=args.template,
+            rollout=args.rollout,
+            limit=args.limit,
+            max_new_tokens=args.max_new_tokens,
+            fps=args.fps,
+            max_frames=args.max_frames,
+            total_pixels=args.total_pixels,
+            max_gap_s=args.max_gap_s,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    except FileNotFoundError as err:  # a model that is neither a folder nor cached
+        raise SystemExit(f"error: {err}") from None
     print(markdown_table({name: summary}), end="")
+    skipped = summary["n_skipped_no_gt"]
+    if skipped:
+        print(f"{skipped} quer{'y' if skipped == 1 else 'ies'} without ground truth skipped")
     print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'}, {out / 'predictions.jsonl'}")
     return 0
 

@@ -20,20 +20,35 @@ import numpy as np
 
 from pipeline.runtime import MODELS_DIR, RUNS_DIR, resolve
 
+TRAINED_MODEL = RUNS_DIR / "train" / "final"
+
 
 def default_model() -> str:
-    """The demo's trained model when present, else the tiny random model."""
-    trained = RUNS_DIR / "train" / "final"
-    return str(trained if trained.exists() else MODELS_DIR / "tiny-qwen2.5-vl")
+    """The demo's trained model when present, else the tiny random model (built offline
+    into ``data/models`` on first use, so that the chain runs before any training)."""
+    if TRAINED_MODEL.exists():
+        return str(TRAINED_MODEL)
+    from trainer.tiny import ensure_tiny_model
+
+    return str(ensure_tiny_model(MODELS_DIR / "tiny-qwen2.5-vl"))
 
 
 def video_record(path: Path, query: str):
-    """A one-query :class:`VideoRecord` for a video file (no ground truth)."""
+    """A one-query :class:`VideoRecord` for a video file (no ground truth).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: an empty query.
+        DecodeError: the file is not a readable video.
+    """
     from pipeline.decode import DecodeError
     from pipeline.records import QueryRecord, VideoRecord
 
-    if not path.exists():
-        raise SystemExit(f"no such video: {path}")
+    path = Path(path)
+    if not query or not query.strip():
+        raise ValueError("the query is empty: give a sentence describing the object and event")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such video: {path}")
     try:
         import av
 
@@ -44,10 +59,14 @@ def video_record(path: Path, query: str):
     except Exception as exc:  # corrupt header: say so plainly
         raise DecodeError(f"cannot open {path}: {exc}") from exc
     q = QueryRecord(query_id="0", text=query, qtype="referring", span_s=(0.0, max(duration, 0.0)))
-    return VideoRecord(video_id=path.stem, dataset="folder", split="predict", source=path, fps=fps, queries=(q,))
+    return VideoRecord(
+        video_id=path.stem, dataset="folder", split="predict", source=path, fps=fps, queries=(q,)
+    )
 
 
-def highlight_frames(record, video, ids: Sequence[int], span_s, *, max_side: int | None, max_gap_s: float, fps: float):
+def highlight_frames(
+    record, video, ids: Sequence[int], span_s, *, max_side: int | None, max_gap_s: float, fps: float
+):
     """Frames of the source video with every ID drawn and the chosen IDs boxed during the span."""
     import cv2
 
@@ -63,12 +82,14 @@ def highlight_frames(record, video, ids: Sequence[int], span_s, *, max_side: int
             for t in chosen:
                 box = t.boxes_at(np.array([frame.time_s]), max_gap_s)[0]
                 if not np.isnan(box).any():
-                    x1, y1, x2, y2 = (int(round(v)) for v in box)
+                    x1, y1, x2, y2 = (round(float(v)) for v in box)
                     cv2.rectangle(img, (x1, y1), (x2, y2), (255, 255, 255), 3)
                     cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 0), 1)
         label = f"t={frame.time_s:5.1f}s" + ("  MATCH" if active else "")
         cv2.putText(img, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(img, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            img, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
+        )
         yield img
 
 
@@ -86,7 +107,13 @@ def predict(
     max_side: int | None = 640,
     render_fps: float = 10.0,
 ) -> dict:
-    """Run the whole chain on one video; returns the answer and the output path."""
+    """Run the whole chain on one video; returns the answer and the output path.
+
+    Returns ``{"video", "query", "ids", "span_s" ([start, end] or None), "format_ok",
+    "tracks" (number of tracks found), "completion" (raw model text), "output" (mp4 path)}``.
+    Raises ``FileNotFoundError``, ``ValueError`` or ``DecodeError`` (see :func:`video_record`)
+    before any model is loaded.
+    """
     import torch
 
     from pipeline.preprocess import PreprocessConfig, VideoProcessor
@@ -113,7 +140,9 @@ def predict(
         max_new_tokens=max_new_tokens, temperature=0.0,
     )[0][0]  # fmt: skip
     answer = parse_answer(completion.text)
-    span = None if answer.start_s is None or answer.end_s is None else (answer.start_s, answer.end_s)
+    span = (
+        None if answer.start_s is None or answer.end_s is None else (answer.start_s, answer.end_s)
+    )
     out = out or RUNS_DIR / "predict" / f"{video_path.stem}.mp4"
     fps = min(render_fps, record.fps)
     write_mp4(out, highlight_frames(record, video, answer.ids, span, max_side=max_side,
@@ -139,7 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--video", required=True, type=Path, help="an mp4/avi/mkv/mov file")
     p.add_argument("--query", required=True, help="the sentence to ground")
-    p.add_argument("--model", help="checkpoint folder or cached hub id (default: data/runs/train/final, else the tiny model)")
+    p.add_argument(
+        "--model",
+        help="checkpoint folder or cached hub id (default: data/runs/train/final, else the tiny model)",
+    )
     p.add_argument("--out", type=Path, help="output mp4 (default: data/runs/predict/<video>.mp4)")
     p.add_argument("--weights", help="YOLO weights (default: the committed synthetic detector)")
     p.add_argument("--classes", nargs="+", help="detector classes to keep, e.g. person")
@@ -149,12 +181,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-side", type=int, default=640)
     args = p.parse_args(argv)
     if not args.query.strip():
-        raise SystemExit("--query is empty")
-    result = predict(
-        resolve(args.video), args.query, model=args.model, out=args.out, weights=args.weights,
-        classes=args.classes, template=args.template, max_new_tokens=args.max_new_tokens,
-        track_fps=args.track_fps, max_side=args.max_side or None,
-    )  # fmt: skip
+        raise SystemExit("error: --query is empty: give a sentence describing the object and event")
+    from pipeline.decode import DecodeError
+
+    video = resolve(args.video)
+    if args.model is None and not TRAINED_MODEL.exists() and video.is_file():
+        print(
+            f"note: no trained model at {TRAINED_MODEL}; using the untrained tiny model "
+            "(pass --model, or train one with `make train`)",
+            file=sys.stderr,
+        )
+    try:
+        result = predict(
+            video, args.query, model=args.model, out=args.out, weights=args.weights,
+            classes=args.classes, template=args.template, max_new_tokens=args.max_new_tokens,
+            track_fps=args.track_fps, max_side=args.max_side or None,
+        )  # fmt: skip
+    except (FileNotFoundError, DecodeError) as err:  # missing or unreadable video or model
+        raise SystemExit(f"error: {err}") from None
     print(json.dumps(result, indent=2))
     return 0
 
