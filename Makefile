@@ -11,8 +11,10 @@ DATASET ?= synthetic
 SPLIT ?=
 CONFIG ?= configs/tiny_synthetic.yaml
 MODEL ?= data/runs/train/final
-VIDEO ?=
-QUERY ?=
+# passed through the environment so quotes and $ in a query survive
+export VIDEO QUERY
+PREDICT_MODEL := $(if $(filter command line,$(origin MODEL)),$(MODEL))
+export PREDICT_MODEL
 ARGS ?=
 
 export YOLO_OFFLINE := 1
@@ -73,12 +75,12 @@ train: $(STAMP)  ## CONFIG=<yaml>: GRPO training (default: tiny model on synthet
 	@if [[ "$(CONFIG)" == *tiny* ]]; then $(PY) -m trainer.tiny; fi
 	$(PY) -m trainer.train --config $(CONFIG) $(ARGS)
 
-eval: $(STAMP)  ## MODEL=<path|hub id|oracle|largest|random> DATASET= SPLIT= (default test): metrics.json + table
-	$(PY) -m trainer.evaluate --model $(MODEL) --dataset $(DATASET) --split $(or $(SPLIT),test) $(ARGS)
+eval: $(STAMP)  ## MODEL=<path|hub id|oracle|largest|random> DATASET= SPLIT= (default: the dataset's last split): metrics.json + table
+	$(PY) -m trainer.evaluate --model "$(MODEL)" --dataset $(DATASET) $(if $(SPLIT),--split $(SPLIT)) $(ARGS)
 
-predict: $(STAMP)  ## VIDEO=<path> QUERY="...": ground a query in any video, write a highlighted mp4
-	@test -n "$(VIDEO)" -a -n "$(QUERY)" || { echo 'usage: make predict VIDEO=path/to/video.mp4 QUERY="the red circle that stops"'; exit 2; }
-	$(PY) -m trainer.predict --video "$(VIDEO)" --query "$(QUERY)" $(ARGS)
+predict: $(STAMP)  ## VIDEO=<path> QUERY="..." [MODEL=<path>]: ground a query in any video, write a highlighted mp4
+	@test -n "$$VIDEO" -a -n "$$QUERY" || { echo 'usage: make predict VIDEO=path/to/video.mp4 QUERY="the red circle that stops" [MODEL=path]'; exit 2; }
+	$(PY) -m trainer.predict --video "$$VIDEO" --query "$$QUERY" $(if $(PREDICT_MODEL),--model "$$PREDICT_MODEL") $(ARGS)
 
 notebooks: $(STAMP)  ## open Jupyter on notebooks/ (installs the `notebooks` extra)
 	$(PY) -m pip install -q -e '.[notebooks]'

@@ -31,7 +31,10 @@ def write_mp4(
     rate = Fraction(fps).limit_denominator(1001)
     n = 0
     try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
+        # faststart is a muxer option: the index goes first, so browsers play while loading
+        with av.open(
+            str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}
+        ) as container:
             stream = None
             for frame in frames_rgb:
                 img = np.asarray(frame, dtype=np.uint8)

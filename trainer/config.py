@@ -564,3 +564,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ------------------------------------------------------------------ inference defaults
+
+INFERENCE_KEYS = ("template", "fps", "max_frames", "total_pixels", "max_new_tokens")
+
+
+def inference_settings(model: str | Path | None, **explicit) -> dict:
+    """How to feed ``model`` at evaluation/prediction time.
+
+    A model trained here carries its ``train_config.yaml``; its template, frame rate,
+    frame and pixel budgets and completion length are what the model saw in training.
+    Values given explicitly (not None) win; anything still unset takes the paper's
+    defaults (``json`` template, 2 fps, 32 frames, 2048·28·28 pixels, 256 tokens).
+    """
+    settings = {"template": "json", "fps": 2.0, "max_frames": 32, "total_pixels": 2048 * 28 * 28,
+                "max_new_tokens": 256}  # fmt: skip
+    saved = Path(model) / "train_config.yaml" if model is not None else None
+    if saved is not None and saved.is_file():
+        cfg = load_config(saved)
+        settings.update({k: getattr(cfg, k) for k in INFERENCE_KEYS})
+    settings.update({k: v for k, v in explicit.items() if v is not None})
+    return settings

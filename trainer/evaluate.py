@@ -328,23 +328,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="synthetic",
         help="dataset name (shards in data/shards/<dataset>/<split>)",
     )
-    p.add_argument("--split", default="test")
+    p.add_argument(
+        "--split", help="dataset split (default: the last split listed in data/datasets.yaml)"
+    )
     p.add_argument("--shards", type=Path, help="shard folder (overrides --dataset/--split)")
     p.add_argument(
         "--out", type=Path, help="output folder (default: data/runs/eval/<model>/<dataset>_<split>)"
     )
-    p.add_argument("--template", default="json", help="prompt template (json, stvg_r1, ...)")
+    p.add_argument(
+        "--template",
+        help="prompt template (json, stvg_r1, ...); default: the model's training config, else json",
+    )
     p.add_argument("--rollout", default="hf", choices=["hf", "vllm"], help="generation engine")
     p.add_argument("--limit", type=int, help="score at most N queries")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--fps", type=float, default=2.0, help="frame rate given to the model")
-    p.add_argument("--max-frames", type=int, default=32)
-    p.add_argument("--total-pixels", type=int, default=2048 * 28 * 28)
+    # model inputs: default to what the checkpoint was trained with (its train_config.yaml)
+    p.add_argument("--max-new-tokens", type=int, help="default: training config, else 256")
+    p.add_argument(
+        "--fps", type=float, help="frames/s given to the model (default: training config, else 2)"
+    )
+    p.add_argument("--max-frames", type=int, help="default: training config, else 32")
+    p.add_argument(
+        "--total-pixels",
+        type=int,
+        help="pixel budget over all frames (default: training config, else 2048*28*28)",
+    )
     p.add_argument("--max-gap-s", type=float, default=0.5, help="track interpolation limit")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.split is None and not args.shards:
+        from pipeline.datasets import load_specs
+
+        spec = load_specs().get(args.dataset)
+        args.split = spec.splits[-1] if spec is not None else "test"
     shards = (
         resolve(args.shards) if args.shards else DATA_DIR / "shards" / args.dataset / args.split
     )
@@ -365,23 +382,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         model = str(local) if local.exists() else args.model  # else a hub id in the local cache
         name = Path(args.model).name or args.model.replace("/", "_")
+        if name in ("final", "model") or name.startswith("checkpoint-"):
+            name = f"{Path(args.model).resolve().parent.name}_{name}"  # e.g. train_final
     out = (
         resolve(args.out)
         if args.out
         else RUNS_DIR / "eval" / name / f"{shards.parent.name}_{shards.name}"
     )
+    from trainer.config import inference_settings
+
+    inputs = inference_settings(
+        None if model in BASELINES else model, template=args.template, fps=args.fps,
+        max_frames=args.max_frames, total_pixels=args.total_pixels,
+        max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
     try:
         summary = evaluate(
             model,
             shards,
             out,
-            template=args.template,
             rollout=args.rollout,
             limit=args.limit,
-            max_new_tokens=args.max_new_tokens,
-            fps=args.fps,
-            max_frames=args.max_frames,
-            total_pixels=args.total_pixels,
+            **inputs,
             max_gap_s=args.max_gap_s,
             batch_size=args.batch_size,
             seed=args.seed,

@@ -101,8 +101,8 @@ def predict(
     out: Path | None = None,
     weights: str | None = None,
     classes: Sequence[str] | None = None,
-    template: str = "json",
-    max_new_tokens: int = 256,
+    template: str | None = None,
+    max_new_tokens: int | None = None,
     track_fps: float | None = None,
     max_side: int | None = 640,
     render_fps: float = 10.0,
@@ -119,6 +119,7 @@ def predict(
     from pipeline.preprocess import PreprocessConfig, VideoProcessor
     from pipeline.shards import row_to_video
     from pipeline.video_io import write_mp4
+    from trainer.config import inference_settings
     from trainer.data import make_sample
     from trainer.policy import load_policy
     from trainer.prompt import parse_answer
@@ -130,14 +131,18 @@ def predict(
                               track_fps=track_fps, max_side=max_side)  # fmt: skip
     row, _ = VideoProcessor(config)(record)
     video = row_to_video(row)
-    sample = make_sample(video, video.queries[0])
+    model = model or default_model()
+    # feed the model as it was trained (template, frame rate, frame and pixel budgets)
+    inputs = inference_settings(model, template=template, max_new_tokens=max_new_tokens)
+    sample = make_sample(video, video.queries[0], fps=inputs["fps"],
+                         max_frames=inputs["max_frames"], total_pixels=inputs["total_pixels"])  # fmt: skip
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    policy, processor = load_policy(model or default_model(), device=device)
+    policy, processor = load_policy(model, device=device)
     policy.eval()
     engine = make_engine("hf", policy, processor)
     completion = engine.generate(
-        build_requests([sample], processor, template), num_generations=1,
-        max_new_tokens=max_new_tokens, temperature=0.0,
+        build_requests([sample], processor, inputs["template"]), num_generations=1,
+        max_new_tokens=inputs["max_new_tokens"], temperature=0.0,
     )[0][0]  # fmt: skip
     answer = parse_answer(completion.text)
     span = (
@@ -175,8 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="output mp4 (default: data/runs/predict/<video>.mp4)")
     p.add_argument("--weights", help="YOLO weights (default: the committed synthetic detector)")
     p.add_argument("--classes", nargs="+", help="detector classes to keep, e.g. person")
-    p.add_argument("--template", default="json")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument(
+        "--template", help="prompt template (default: the model's training config, else json)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, help="default: the model's training config, else 256"
+    )
     p.add_argument("--track-fps", type=float, help="tracking rate (default: native)")
     p.add_argument("--max-side", type=int, default=640)
     args = p.parse_args(argv)
