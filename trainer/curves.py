@@ -54,6 +54,8 @@ def plot_curves(df, *, smooth: int = 1):
         if drawn:
             ax.legend(fontsize=8)
         else:
-            ax.text(0.5, 0.5, "not logged in this run", ha="center", va="center", transform=ax.transAxes)
+            ax.text(
+                0.5, 0.5, "not logged in this run", ha="center", va="center", transform=ax.transAxes
+            )
     fig.tight_layout()
     return fig

@@ -128,7 +128,15 @@ def run_demo(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print("\n== demo finished\n")
-    for key in ("shards", "manifest", "model", "train_metrics", "metrics_table", "overlay_video", "prediction_video"):
+    for key in (
+        "shards",
+        "manifest",
+        "model",
+        "train_metrics",
+        "metrics_table",
+        "overlay_video",
+        "prediction_video",
+    ):
         print(f"{key:>17}: {summary[key]}")
     print(f"{'prediction':>17}: {json.dumps(summary['prediction'])}")
     print(f"{'time':>17}: {summary['timings_s']['total_s']} s")
@@ -144,7 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=RUNS_DIR / "demo", help="where every output goes")
     p.add_argument("--config", default="configs/tiny_synthetic.yaml", help="training config")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="training config overrides, e.g. max_steps=10")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="training config overrides, e.g. max_steps=10",
+    )
     p.add_argument("--num-train", type=int, default=32, help="synthetic training videos")
     p.add_argument("--num-test", type=int, default=8, help="synthetic test videos")
     args = p.parse_args(argv)

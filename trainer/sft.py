@@ -66,7 +66,9 @@ def cold_start(
     for _ in bar:
         samples = [dataset[int(i)] for i in rng.choice(len(dataset), size=batch_size)]
         requests = build_requests(samples, processor, cfg.template)
-        targets = processor.tokenizer(sft_targets(samples, cfg.template, eos), add_special_tokens=False)
+        targets = processor.tokenizer(
+            sft_targets(samples, cfg.template, eos), add_special_tokens=False
+        )
         logp, mask = completion_logprobs(
             model,
             processor,

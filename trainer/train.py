@@ -67,7 +67,11 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -86,7 +90,9 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def save_checkpoint(path: Path, model, processor, optimizer, scheduler, state: TrainState, cfg) -> None:
+def save_checkpoint(
+    path: Path, model, processor, optimizer, scheduler, state: TrainState, cfg
+) -> None:
     """Write to a temp folder, then rename: a crash never leaves half a checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
@@ -147,7 +153,8 @@ def build_requests(samples, processor, template: str):
     return [
         RolloutRequest(
             prompt=render_prompt(
-                processor, build_messages(s.query.text, duration_s=s.duration_s, template=template, fps=s.fps)
+                processor,
+                build_messages(s.query.text, duration_s=s.duration_s, template=template, fps=s.fps),
             ),
             frames=s.frames,
             fps=s.fps,
@@ -231,7 +238,9 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
     sampler = PromptSampler(len(dataset), cfg.seed, state)
     logger = MetricsLogger(output_dir, cfg.report_to)
     G = cfg.num_generations
-    bar = tqdm(total=total_steps, initial=state.step, desc="grpo", unit="step", disable=not progress)
+    bar = tqdm(
+        total=total_steps, initial=state.step, desc="grpo", unit="step", disable=not progress
+    )
 
     while state.step < total_steps:
         # ---- rollouts for one generation round (grad_accum micro-batches of prompts)
@@ -290,7 +299,7 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
         round_tokens = sum(len(ids) for mb in micro for ids in mb["completion_ids"])
         t_fb = 0.0
         model.train()
-        for iteration in range(cfg.num_iterations):
+        for _iteration in range(cfg.num_iterations):
             if state.step >= total_steps:
                 break
             t0 = time.perf_counter()
@@ -299,12 +308,16 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
                     model, processor, mb["prompts"], mb["videos"], mb["completion_ids"]
                 )  # (N, L), (N, L)
                 if mb["old_logp"] is None:
-                    mb["old_logp"] = logp.detach()  # the policy that sampled = this one, before any update
+                    mb["old_logp"] = (
+                        logp.detach()
+                    )  # the policy that sampled = this one, before any update
                 is_weights = None
                 if cfg.rollout == "vllm" and cfg.vllm_tis_cap and None not in mb["rollout_logp"]:
                     # vLLM's sampler and the trainer's forward differ slightly: correct for it
                     rollout_logp = _pad(mb["rollout_logp"], logp.shape, logp.device)  # (N, L)
-                    is_weights = truncated_is_weights(mb["old_logp"], rollout_logp, cfg.vllm_tis_cap, mask)
+                    is_weights = truncated_is_weights(
+                        mb["old_logp"], rollout_logp, cfg.vllm_tis_cap, mask
+                    )
                 ref_logp = None
                 if ref_model is not None:
                     with torch.no_grad():
@@ -330,7 +343,11 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
                 stats.setdefault("loss", []).append(float(loss.detach()))
                 for k, v in lstats.items():
                     stats.setdefault(k, []).append(float(v))
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if micro else torch.tensor(0.0)
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                if micro
+                else torch.tensor(0.0)
+            )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -354,11 +371,19 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
             )
             if state.step % cfg.logging_steps == 0 or state.step == total_steps:
                 logger.log(state.step, metrics)
-            bar.set_postfix(reward=f"{metrics.get('reward/total', 0):.3f}", loss=f"{metrics.get('loss', 0):.4f}")
+            bar.set_postfix(
+                reward=f"{metrics.get('reward/total', 0):.3f}", loss=f"{metrics.get('loss', 0):.4f}"
+            )
             bar.update()
             if cfg.save_steps and state.step % cfg.save_steps == 0:
                 save_checkpoint(
-                    output_dir / f"checkpoint-{state.step}", model, processor, optimizer, scheduler, state, cfg
+                    output_dir / f"checkpoint-{state.step}",
+                    model,
+                    processor,
+                    optimizer,
+                    scheduler,
+                    state,
+                    cfg,
                 )
     bar.close()
     logger.close()
