@@ -33,6 +33,15 @@ requires_vllm = pytest.mark.skipif(
 
 # --------------------------------------------------------------------------- shared fixtures
 
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """The tiny offline Qwen2.5-VL (truncated vocabulary), built once per session."""
+    from trainer.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(tmp_path_factory.getbasetemp() / "tiny-qwen2.5-vl")
+
+
 SMALL_SYNTHETIC = dict(num_train=4, num_test=2, det_train=0, det_val=0, duration_s=4.0, seed=3)
 
 

@@ -19,7 +19,6 @@ from pipeline.shards import make_row, read_videos, write_shard
 from trainer.evaluate import clip_duration_s, evaluate, main, score_sample
 from trainer.metrics import temporal_iou
 from trainer.prompt import parse_answer
-from trainer.tiny import ensure_tiny_model
 
 SIDE = 64
 SQUARE = [10, 10, 30, 30]  # 20 x 20, area 400
@@ -346,11 +345,6 @@ def test_unusable_answers_score_zero_without_raising(box_shards, text, tiou, id_
 
 
 # ------------------------------------------------------------------------------ model path
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    return ensure_tiny_model(tmp_path_factory.getbasetemp() / "tiny-qwen2.5-vl")
 
 
 def test_tiny_model_path(box_shards, tiny_dir, tmp_path):

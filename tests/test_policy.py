@@ -8,12 +8,6 @@ import torch
 
 from trainer.data import video_inputs
 from trainer.policy import completion_logprobs, load_policy, vision_token_ids
-from trainer.tiny import ensure_tiny_model
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    return ensure_tiny_model(tmp_path_factory.getbasetemp() / "tiny-qwen2.5-vl")
 
 
 @pytest.fixture(scope="module")

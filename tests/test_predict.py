@@ -12,7 +12,6 @@ from pipeline.records import Track
 from pipeline.shards import ShardVideo
 from pipeline.synthetic import generate
 from trainer.predict import highlight_frames, main, predict, video_record
-from trainer.tiny import ensure_tiny_model
 
 # The synthetic generator's defaults: 320 x 240 at 10 fps; duration_s=4.0 gives 40 frames.
 WIDTH, HEIGHT, FPS, N_FRAMES = 320, 240, 10.0, 40
@@ -26,11 +25,6 @@ def raw_video(tmp_path_factory):
     videos = sorted((root / "hcstvg" / "video").glob("*.mp4"))
     assert len(videos) == 2
     return videos[-1]
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    return ensure_tiny_model(tmp_path_factory.getbasetemp() / "tiny-qwen2.5-vl")
 
 
 def test_cli_help():

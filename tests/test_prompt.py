@@ -4,7 +4,6 @@ import time
 
 import pytest
 
-from pipeline.runtime import MODELS_DIR
 from trainer.prompt import (
     TEMPLATES,
     Answer,
@@ -61,13 +60,10 @@ def test_render_prompt_asks_for_generation_prompt():
     assert rec.seen == (msgs, {"tokenize": False, "add_generation_prompt": True})
 
 
-@pytest.mark.skipif(
-    not (MODELS_DIR / "tiny-qwen2.5-vl").exists(), reason="tiny model not built (make tiny)"
-)
-def test_render_prompt_with_the_tiny_processor():
+def test_render_prompt_with_the_tiny_processor(tiny_dir):
     from transformers import AutoProcessor
 
-    proc = AutoProcessor.from_pretrained(MODELS_DIR / "tiny-qwen2.5-vl")
+    proc = AutoProcessor.from_pretrained(tiny_dir)
     prompt = render_prompt(proc, build_messages("the blue square", duration_s=4, fps=2))
     assert "<|video_pad|>" in prompt and "the blue square" in prompt
     assert prompt.rstrip().endswith("assistant")

@@ -10,12 +10,6 @@ from trainer.data import video_inputs
 from trainer.policy import completion_logprobs, load_policy
 from trainer.rollout import Completion, RolloutEngine, RolloutRequest, make_engine
 from trainer.rollout.hf import HFRolloutEngine
-from trainer.tiny import ensure_tiny_model
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    return ensure_tiny_model(tmp_path_factory.getbasetemp() / "tiny-qwen2.5-vl")
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,6 @@ import torch
 from trainer.tiny import ADDED_TOKENS, build_tiny_model, build_tokenizer, ensure_tiny_model, main
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    # One build per session, shared by every test file that asks for this path.
-    return ensure_tiny_model(tmp_path_factory.getbasetemp() / "tiny-qwen2.5-vl")
-
-
 @pytest.fixture(scope="module")
 def loaded(tiny_dir):
     from transformers import AutoModelForImageTextToText, AutoProcessor
