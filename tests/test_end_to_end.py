@@ -46,7 +46,11 @@ def test_oracle_baseline_reproduces_first_principles(mini_demo):
     from pipeline.shards import read_videos
 
     metrics = json.loads((mini_demo["out"] / "eval" / "oracle" / "metrics.json").read_text())
-    queries = [q for v in read_videos(mini_demo["data"] / "shards" / "synthetic" / "test") for q in v.queries]
+    queries = [
+        q
+        for v in read_videos(mini_demo["data"] / "shards" / "synthetic" / "test")
+        for q in v.queries
+    ]
     expected_viou = 100 * sum(q.match_iou if q.target_ids else 0.0 for q in queries) / len(queries)
     assert metrics["overall"]["m_tIoU"] == 100.0
     assert abs(metrics["overall"]["m_vIoU"] - expected_viou) < 0.5
