@@ -31,19 +31,23 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.output import (  # noqa: F401  (re-exported: the folder layout is part of the CLI)
+    FAILURES,
+    MANIFEST,
+    PART_PREFIX,
+    OutputConflictError,
+    next_part,
+    package_versions,
+    prepare_output,
+    read_failures,
+    select_records,
+    shard_of,
+    summarize_shards,
+)
+from pipeline.overlay import STYLES as OVERLAY_STYLES
 from pipeline.records import GTObject, QueryRecord, VideoRecord
 from pipeline.runtime import DATA_DIR, resolve
 from pipeline.shards import make_row, read_video_ids, write_json_atomic, write_shard
-
-PART_PREFIX = "part"
-# underscore names: Arrow, pandas and HF datasets skip them when reading the folder
-MANIFEST = "_manifest.json"
-FAILURES = "_failures.jsonl"
-OVERLAY_STYLES = ("number", "box+number", "contour+number")
-
-
-class OutputConflictError(RuntimeError):
-    """The output folder holds shards made with other settings (or of unknown origin)."""
 
 
 def _opt(default, help: str, **cli):
@@ -365,136 +369,6 @@ def _run_parallel(
 # ------------------------------------------------------------------ the run
 
 
-def shard_of(video_id: str, num_shards: int) -> int:
-    """The shard a video belongs to: SHA-1 of its id, so any machine agrees, in any run."""
-    digest = hashlib.sha1(video_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % num_shards
-
-
-def select_records(
-    records: Sequence[VideoRecord], num_shards: int, shard_index: int, limit: int | None
-) -> list[VideoRecord]:
-    """This machine's share (stable: by a hash of the video id), then ``--limit``."""
-    mine = [r for r in records if shard_of(r.video_id, num_shards) == shard_index]
-    return mine[:limit] if limit is not None else mine
-
-
-def _next_part(out_dir: Path, shard_tag: str) -> Iterator[Path]:
-    seqs = [
-        int(p.stem.rsplit("-", 1)[-1])
-        for p in out_dir.glob(f"{PART_PREFIX}-{shard_tag}-*.parquet")
-        if p.stem.rsplit("-", 1)[-1].isdigit()
-    ]
-    seq = max(seqs, default=-1) + 1
-    while True:
-        yield out_dir / f"{PART_PREFIX}-{shard_tag}-{seq:05d}.parquet"
-        seq += 1
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("stvg-id", "torch", "ultralytics", "supervision", "av", "pyarrow", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _read_failures(path: Path) -> dict[str, dict]:
-    last: dict[str, dict] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-            last[entry["video_id"]] = entry
-    return last
-
-
-def summarize_shards(out_dir: Path, max_gap_s: float) -> dict:
-    """Counts recomputed from what is on disk (so they stay right across resumed runs)."""
-    import pyarrow.parquet as pq
-
-    from pipeline.match import match_quality
-    from pipeline.shards import list_shards, row_to_video
-
-    c = dict(videos=0, queries=0, annotated=0, matched=0, exact=0, frames=0, tracks=0)
-    ious, no_tracks = [], []
-    for path in list_shards(out_dir):
-        table = pq.read_table(path, columns=list(_SUMMARY_COLUMNS))
-        for row in table.to_pylist():
-            v = row_to_video({**row, "frames": [b""] * len(row["frame_times_s"])})
-            c["videos"] += 1
-            c["frames"] += len(v.frame_times_s)
-            c["tracks"] += len(v.tracks)
-            if not v.tracks:
-                no_tracks.append(v.video_id)
-            for q in v.queries:
-                c["queries"] += 1
-                if not q.gt:
-                    continue
-                c["annotated"] += 1
-                if q.target_ids:
-                    c["matched"] += 1
-                    ious.append(q.match_iou)
-                    c["exact"] += bool(match_quality(q, v.tracks, max_gap_s=max_gap_s)["exact"])
-    ann = max(c["annotated"], 1)
-    c["match_rate"] = c["matched"] / ann
-    c["exact_rate"] = c["exact"] / ann
-    c["mean_match_iou"] = float(np.mean(ious)) if ious else 0.0
-    c["tracks_per_video"] = c["tracks"] / max(c["videos"], 1)
-    c["videos_without_tracks"] = sorted(no_tracks)
-    return c
-
-
-_SUMMARY_COLUMNS = (
-    "video_id", "dataset", "split", "width", "height", "out_fps", "track_fps",
-    "native_fps", "frame_times_s", "tracks", "queries",
-)  # fmt: skip
-
-
-def _config_diff(old: dict, new: dict) -> str:
-    keys = sorted(set(old) | set(new))
-    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-    return ", ".join(diffs) or "(same fields, different hash)"
-
-
-def prepare_output(out_dir: Path, config: PreprocessConfig, overwrite: bool, meta: dict) -> None:
-    """Refuse a folder made with other settings (unless ``overwrite``: then empty it), and
-    mark the run as started in the manifest before any part file is written."""
-    manifest_path = out_dir / MANIFEST
-    parts = sorted(out_dir.glob(f"{PART_PREFIX}-*.parquet"))
-    old = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-    if overwrite:
-        for p in [*parts, out_dir / FAILURES, manifest_path]:
-            p.unlink(missing_ok=True)
-        old = None
-    elif old is not None and old.get("config_hash") != config.hash():
-        new = json.loads(json.dumps(dataclasses.asdict(config), default=str))
-        raise OutputConflictError(
-            f"{out_dir} holds shards made with other settings (config hash "
-            f"{old.get('config_hash')} != {config.hash()}; {_config_diff(old.get('config', {}), new)}). "
-            "Use another --out, or --overwrite to delete them and start again."
-        )
-    elif old is None and parts:
-        raise OutputConflictError(
-            f"{out_dir} holds {len(parts)} part files but no {MANIFEST}, so the settings that "
-            "made them are unknown. Use another --out, or --overwrite to delete them."
-        )
-    started = {
-        **(old or {}),
-        **meta,
-        "config": dataclasses.asdict(config),
-        "config_hash": config.hash(),
-        "status": "running",
-    }
-    write_json_atomic(manifest_path, started)
-
-
 def run(
     records: Sequence[VideoRecord],
     out_dir: Path,
@@ -538,7 +412,7 @@ def run(
     done = read_video_ids(out_dir)
     todo = [r for r in selected if r.video_id not in done]
     shard_tag = f"{shard_index:03d}of{num_shards:03d}"
-    parts = _next_part(out_dir, shard_tag)
+    parts = next_part(out_dir, shard_tag)
     failures_path = out_dir / FAILURES
     stats = RunStats()
     pending: list[dict] = []
@@ -589,7 +463,7 @@ def run(
 
     elapsed = time.perf_counter() - t0
     finished = read_video_ids(out_dir)
-    failures = [f for vid, f in _read_failures(failures_path).items() if vid not in finished]
+    failures = [f for vid, f in read_failures(failures_path).items() if vid not in finished]
     counts = summarize_shards(out_dir, config.max_gap_s)
     counts["videos_selected"] = len(selected)
     counts["videos_failed"] = len(failures)
@@ -600,7 +474,7 @@ def run(
         "status": "complete",
         "num_shards": num_shards,
         "shard_index": shard_index,
-        "versions": _versions(),
+        "versions": package_versions(),
         "counts": counts,
         "failures": failures,
         "last_run": {
