@@ -201,7 +201,7 @@ class TrainConfig:
         problems = _check(self)
         if problems:
             raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
-        if self.learning_rate > 1e-4 and "tiny" not in str(self.model).lower():
+        if self.learning_rate > 1e-4 and not _is_small_model(self.model):
             warnings.warn(
                 f"learning_rate={self.learning_rate} is a tiny-model rate; real checkpoints "
                 f"({self.model}) are trained with ~1e-6 (full) or ~1e-5 (LoRA)",
@@ -564,6 +564,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _is_small_model(model: str) -> bool:
+    """A local checkpoint whose language model is tiny (hidden size <= 512)."""
+    cfg = Path(model) / "config.json"
+    if not cfg.is_file():
+        return "tiny" in str(model).lower()
+    data = json.loads(cfg.read_text())
+    hidden = data.get("hidden_size") or data.get("text_config", {}).get("hidden_size") or 0
+    return 0 < hidden <= 512
 
 
 # ------------------------------------------------------------------ inference defaults
