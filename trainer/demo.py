@@ -45,7 +45,7 @@ def run_demo(
 ) -> dict:
     """Run every step; ``data_dir`` holds raw data, shards and the tiny model."""
     from pipeline.datasets import iter_records, load_specs
-    from pipeline.preprocess import PreprocessConfig, run
+    from pipeline.preprocess import OutputConflictError, PreprocessConfig, run
     from pipeline.synthetic import generate
     from trainer.config import load_config
     from trainer.evaluate import BASELINES, evaluate, markdown_table
@@ -68,10 +68,14 @@ def run_demo(
     shard_root = data_dir / "shards" / "synthetic"
     manifests = {}
     for split in spec.splits:
-        manifests[split] = run(
-            list(iter_records(spec, split, root=root)), shard_root / split, PreprocessConfig(),
-            progress=progress, meta={"dataset": "synthetic", "split": split},
-        )  # fmt: skip
+        records = list(iter_records(spec, split, root=root))
+        kwargs = dict(progress=progress, meta={"dataset": "synthetic", "split": split})
+        try:
+            manifests[split] = run(records, shard_root / split, PreprocessConfig(), **kwargs)
+        except OutputConflictError as err:  # made by other settings: the demo owns them
+            print(f"   rebuilding {split}: {err}")
+            manifests[split] = run(records, shard_root / split, PreprocessConfig(),
+                                   overwrite=True, **kwargs)  # fmt: skip
         c = manifests[split]["counts"]
         print(f"   {split}: {c['videos']} videos, right IDs {100 * c['exact_rate']:.1f}%, "
               f"mean match IoU {c['mean_match_iou']:.3f}, failed {c['videos_failed']}")  # fmt: skip

@@ -191,7 +191,8 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
         from trainer.sft import cold_start
 
         base = str(output_dir / "cold_start")
-        if not (Path(base) / "config.json").exists():
+        # a fresh run redoes it (shards or settings may have changed); a resumed run keeps it
+        if ckpt is None or not (Path(base) / "config.json").exists():
             cold_start(cfg, Path(base), steps=cfg.cold_start_steps, batch_size=cfg.cold_start_batch_size,
                        learning_rate=cfg.cold_start_learning_rate, progress=progress)  # fmt: skip
             seed_everything(cfg.seed)
