@@ -173,19 +173,12 @@ class IdOverlay:
 
     @staticmethod
     def _put_number(img, text, cx, cy, scale, thickness, color) -> None:
-        """The number on a filled badge of the ID's colour, text black or white by the
-        badge's luminance, with a contrasting border: legible on any background, also
-        where the object has the ID's colour."""
         font = cv2.FONT_HERSHEY_SIMPLEX
         (tw, th), _ = cv2.getTextSize(text, font, scale, thickness)
-        pad = max(1, round(th * 0.3))
-        x1, y1 = round(cx - tw / 2) - pad, round(cy - th / 2) - pad
-        x2, y2 = round(cx + tw / 2) + pad, round(cy + th / 2) + pad
-        ink = _outline_color(color)
-        cv2.rectangle(img, (x1, y1), (x2, y2), color, -1)
-        cv2.rectangle(img, (x1, y1), (x2, y2), ink, 1)
         org = (round(cx - tw / 2), round(cy + th / 2))  # text box centred on (cx, cy)
-        cv2.putText(img, text, org, font, scale, ink, thickness, cv2.LINE_AA)
+        outline = _outline_color(color)
+        cv2.putText(img, text, org, font, scale, outline, thickness + 2, cv2.LINE_AA)
+        cv2.putText(img, text, org, font, scale, color, thickness, cv2.LINE_AA)
 
 
 def overlay_video_frame(
