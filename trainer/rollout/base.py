@@ -107,6 +107,18 @@ class RolloutEngine(Protocol):
         ...
 
 
+def check_sampling(
+    num_generations: int, max_new_tokens: int, temperature: float, top_p: float
+) -> None:
+    """The argument checks every engine's ``generate`` shares (messages state the values)."""
+    if num_generations < 1 or max_new_tokens < 1:
+        raise ValueError(
+            f"num_generations={num_generations}, max_new_tokens={max_new_tokens} must be >= 1"
+        )
+    if not 0 < top_p <= 1 or temperature < 0:
+        raise ValueError(f"need 0 < top_p <= 1 and temperature >= 0, got {top_p}, {temperature}")
+
+
 def make_engine(name: str, model, processor, **kwargs) -> RolloutEngine:
     """``"hf"`` -> HFRolloutEngine(model, processor, **kwargs); ``"vllm"`` -> VLLMRolloutEngine."""
     if name == "hf":

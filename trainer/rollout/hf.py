@@ -6,7 +6,7 @@ import torch
 
 from trainer.data import video_inputs
 from trainer.policy import vision_token_ids
-from trainer.rollout.base import Completion, RolloutRequest
+from trainer.rollout.base import Completion, RolloutRequest, check_sampling
 
 
 class HFRolloutEngine:
@@ -64,14 +64,7 @@ class HFRolloutEngine:
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> list[list[Completion]]:
-        if num_generations < 1 or max_new_tokens < 1:
-            raise ValueError(
-                f"num_generations={num_generations}, max_new_tokens={max_new_tokens} must be >= 1"
-            )
-        if not 0 < top_p <= 1 or temperature < 0:
-            raise ValueError(
-                f"need 0 < top_p <= 1 and temperature >= 0, got {top_p}, {temperature}"
-            )
+        check_sampling(num_generations, max_new_tokens, temperature, top_p)
         device = next(self.model.parameters()).device
         config = self._generation_config(num_generations, max_new_tokens, temperature, top_p)
         was_training = self.model.training

@@ -27,7 +27,7 @@ import torch
 
 from trainer.data import video_metadata
 from trainer.policy import vision_token_ids
-from trainer.rollout.base import Completion, RolloutRequest
+from trainer.rollout.base import Completion, RolloutRequest, check_sampling
 
 
 def policy_source(model) -> str:
@@ -119,10 +119,7 @@ class VLLMRolloutEngine:
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
-        if num_generations < 1 or max_new_tokens < 1:
-            raise ValueError(
-                f"num_generations={num_generations}, max_new_tokens={max_new_tokens} must be >= 1"
-            )
+        check_sampling(num_generations, max_new_tokens, temperature, top_p)
         self.wake_up()
         n = num_generations if temperature > 0 else 1  # greedy: one path, copied G times
         prompts, params = [], []
