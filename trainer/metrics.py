@@ -1,6 +1,6 @@
 """Grounding metrics, defined once for rewards and evaluation: tIoU, vIoU, J&F, summaries.
 
-Conventions (REFERENCE.md "Metrics"):
+Conventions (those of the TubeDETR/STCAT evaluators and the DAVIS/MeViS toolkit):
 - Spans are continuous ``(start_s, end_s)`` in seconds from the clip's first frame;
   tIoU = |P ∩ G| / |P ∪ G|. (The official HC-STVG script counts frames with inclusive
   ends; on continuous spans that is a difference of at most one frame per end.)

@@ -1,4 +1,4 @@
-"""The task reward (DESIGN.md "reward"): R = w_format·format + w_time·tIoU + w_id·id (+ w_viou·vIoU).
+"""The task reward (docs/DESIGN.md "reward"): R = w_format·format + w_time·tIoU + w_id·id (+ w_viou·vIoU).
 
 Every term is a pure function of a parsed :class:`~trainer.prompt.Answer` and plain
 records, in [0, 1]; anything unparsable scores 0 and nothing here raises on a
