@@ -106,7 +106,7 @@ def bench_data(
     from tqdm import tqdm
 
     from trainer.data import GroundingDataset, fit_to_budget, sample_indices, video_inputs
-    from trainer.train import build_requests
+    from trainer.prompt import build_requests
 
     def dataset():  # a fresh one per run: no warm row cache or open files carried over
         return GroundingDataset(
@@ -263,9 +263,9 @@ def bench_rollout(shards: Path, model: str, cfg, *, num_prompts: int = 8) -> dic
 
     from trainer.data import GroundingDataset
     from trainer.policy import load_policy
+    from trainer.prompt import build_requests
     from trainer.rollout.hf import HFRolloutEngine
     from trainer.rollout.vllm import VLLMRolloutEngine
-    from trainer.train import build_requests
 
     ds = GroundingDataset(
         shards, fps=cfg.fps, max_frames=cfg.max_frames, total_pixels=cfg.total_pixels

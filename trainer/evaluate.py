@@ -276,16 +276,14 @@ def evaluate(
 def _model_answers(model, items, *, template, rollout, max_new_tokens, fps, max_frames,
                    total_pixels, batch_size, progress):  # fmt: skip
     """Greedy answers of a Qwen2.5-VL checkpoint, parsed with the contract parser."""
-    import torch
     from tqdm import tqdm
 
     from trainer.data import make_sample
-    from trainer.policy import load_policy
-    from trainer.prompt import parse_answer
+    from trainer.policy import load_policy, resolve_device
+    from trainer.prompt import build_requests, parse_answer
     from trainer.rollout import make_engine
-    from trainer.train import build_requests
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device("auto")
     policy, processor = load_policy(str(model), device=device)
     policy.eval()
     engine = make_engine(rollout, policy, processor)

@@ -223,3 +223,29 @@ def _micro_batch_logprobs(model, tok, feats, comps, device) -> torch.Tensor:
         row = lg.gather(-1, tgt[:, None])[:, 0] - lg.logsumexp(-1)  # (k,)
         rows.append(torch.nn.functional.pad(row, (0, width - k)))  # right-padded to (width,)
     return torch.stack(rows)  # (B, width)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else as given."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def save_model(path: Path, model, processor, cfg=None) -> Path:
+    """Save a model (LoRA merged) + processor loadable like any checkpoint, atomically
+    (temp folder, then rename); ``cfg`` is saved beside it as ``train_config.yaml``, which
+    evaluation and prediction read to feed the model as it was trained."""
+    import shutil
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    to_save = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    to_save.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    if cfg is not None:
+        cfg.save_yaml(tmp / "train_config.yaml")
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path

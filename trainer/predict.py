@@ -114,17 +114,15 @@ def predict(
     Raises ``FileNotFoundError``, ``ValueError`` or ``DecodeError`` (see :func:`video_record`)
     before any model is loaded.
     """
-    import torch
 
     from pipeline.preprocess import PreprocessConfig, VideoProcessor
     from pipeline.shards import row_to_video
     from pipeline.video_io import write_mp4
     from trainer.config import inference_settings
     from trainer.data import make_sample
-    from trainer.policy import load_policy
-    from trainer.prompt import parse_answer
+    from trainer.policy import load_policy, resolve_device
+    from trainer.prompt import build_requests, parse_answer
     from trainer.rollout import make_engine
-    from trainer.train import build_requests
 
     record = video_record(video_path, query)
     config = PreprocessConfig(weights=weights, classes=tuple(classes) if classes else None,
@@ -136,7 +134,7 @@ def predict(
     inputs = inference_settings(model, template=template, max_new_tokens=max_new_tokens)
     sample = make_sample(video, video.queries[0], fps=inputs["fps"],
                          max_frames=inputs["max_frames"], total_pixels=inputs["total_pixels"])  # fmt: skip
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device("auto")
     policy, processor = load_policy(model, device=device)
     policy.eval()
     engine = make_engine("hf", policy, processor)

@@ -45,12 +45,16 @@ def cold_start(
     from tqdm import tqdm
 
     from trainer.data import GroundingDataset
-    from trainer.policy import completion_logprobs, load_policy
-    from trainer.train import _device, _save_final, build_requests, seed_everything
+    from trainer.policy import completion_logprobs, load_policy, resolve_device, save_model
+    from trainer.prompt import build_requests
+    from trainer.train import seed_everything
 
     seed_everything(cfg.seed)
     model, processor = load_policy(
-        cfg.model, device=_device(cfg), dtype=cfg.dtype, freeze_vision=cfg.freeze_vision
+        cfg.model,
+        device=resolve_device(cfg.device),
+        dtype=cfg.dtype,
+        freeze_vision=cfg.freeze_vision,
     )
     dataset = GroundingDataset(
         cfg.train_shards, fps=cfg.fps, max_frames=cfg.max_frames, total_pixels=cfg.total_pixels
@@ -82,7 +86,7 @@ def cold_start(
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         bar.set_postfix(nll=f"{loss.item():.3f}")
-    _save_final(out, model, processor, cfg)
+    save_model(out, model, processor, cfg)
     return out
 
 

@@ -140,29 +140,6 @@ class MetricsLogger:
             self.tb.close()
 
 
-def _device(cfg: TrainConfig) -> str:
-    if cfg.device != "auto":
-        return cfg.device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def build_requests(samples, processor, template: str):
-    from trainer.prompt import build_messages, render_prompt
-    from trainer.rollout import RolloutRequest
-
-    return [
-        RolloutRequest(
-            prompt=render_prompt(
-                processor,
-                build_messages(s.query.text, duration_s=s.duration_s, template=template, fps=s.fps),
-            ),
-            frames=s.frames,
-            fps=s.fps,
-        )
-        for s in samples
-    ]
-
-
 def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = True) -> Path:
     """Run GRPO as configured; returns the folder of the final model."""
     from tqdm import tqdm
@@ -170,14 +147,15 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
 
     from trainer.data import GroundingDataset
     from trainer.grpo import group_advantages, grpo_loss, truncated_is_weights
-    from trainer.policy import completion_logprobs, load_policy
+    from trainer.policy import completion_logprobs, load_policy, resolve_device, save_model
+    from trainer.prompt import build_requests
     from trainer.rewards import TaskReward
     from trainer.rollout import make_engine
 
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    device = _device(cfg)
+    device = resolve_device(cfg.device)
     ckpt = None
     if resume:
         ckpt = latest_checkpoint(output_dir) if resume in (True, "latest") else Path(resume)
@@ -389,7 +367,7 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
     bar.close()
     logger.close()
     final = output_dir / "final"
-    _save_final(final, model, processor, cfg)
+    save_model(final, model, processor, cfg)
     return final
 
 
@@ -415,24 +393,6 @@ def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, state: TrainState)
     for k, v in blob["state"].items():
         setattr(state, k, v)
     _set_rng_state(blob["rng"])
-
-
-def _save_final(path: Path, model, processor, cfg: TrainConfig) -> None:
-    """The final model, merged if LoRA was used, loadable like any checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    to_save = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-    to_save.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    cfg.save_yaml(tmp / "train_config.yaml")
-    if path.exists():
-        import shutil
-
-        shutil.rmtree(path)
-    tmp.rename(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
