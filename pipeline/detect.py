@@ -66,6 +66,9 @@ class Detector:
             synthetic checkpoint.
         conf: minimum confidence kept.
         iou: NMS IoU threshold.
+        agnostic_nms: suppress overlapping boxes across classes, so one object gets
+            one box. With per-class NMS an object the model half-confuses (a circle also
+            scored as a square) keeps two boxes, and the tracker gives it two IDs.
         classes: keep only these classes (names or ids of the model); None = all.
         imgsz: inference size (None = the size the weights were trained at).
         device: torch device string (None = Ultralytics' choice: CUDA if available).
@@ -78,6 +81,7 @@ class Detector:
         *,
         conf: float = 0.25,
         iou: float = 0.7,
+        agnostic_nms: bool = True,
         classes: list[str | int] | None = None,
         imgsz: int | None = None,
         device: str | None = None,
@@ -94,6 +98,7 @@ class Detector:
         self.model = YOLO(str(self.weights))
         self.conf = float(conf)
         self.iou = float(iou)
+        self.agnostic_nms = bool(agnostic_nms)
         self.imgsz = imgsz
         self.device = device
         self.batch_size = int(batch_size)
@@ -127,7 +132,13 @@ class Detector:
         return sorted(set(ids))
 
     def _predict(self, bgr_batch: list[np.ndarray]):
-        kwargs = {"conf": self.conf, "iou": self.iou, "classes": self.class_ids, "verbose": False}
+        kwargs = {
+            "conf": self.conf,
+            "iou": self.iou,
+            "agnostic_nms": self.agnostic_nms,
+            "classes": self.class_ids,
+            "verbose": False,
+        }
         if self.imgsz is not None:
             kwargs["imgsz"] = self.imgsz
         if self.device is not None:

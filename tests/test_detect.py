@@ -89,6 +89,24 @@ def test_batches_rgb_to_bgr_one_call_per_batch(scene, monkeypatch):
     assert det([]) == []
 
 
+def test_agnostic_nms_gives_one_box_per_place(scene):
+    # At a low threshold the model also scores some shapes as a second class. Per-class
+    # NMS keeps both boxes (same place, two classes) and the tracker would give the
+    # object two IDs; across classes no two kept boxes overlap more than the NMS IoU.
+    frames = [scene.frame(t) for t in range(0, scene.num_frames, 2)]
+
+    def max_cross_class_iou(det: Detector) -> float:
+        worst = 0.0
+        for d in det(frames):
+            iou = box_iou(d.xyxy, d.xyxy)
+            different = d.class_id[:, None] != d.class_id[None, :]
+            worst = max(worst, float(iou[different].max(initial=0.0)))
+        return worst
+
+    assert max_cross_class_iou(Detector(conf=0.05, agnostic_nms=False)) > 0.7
+    assert max_cross_class_iou(Detector(conf=0.05)) <= 0.7
+
+
 def test_class_filter_by_name_or_id(scene, detector):
     frames = [scene.frame(t) for t in range(0, scene.num_frames, 10)]
     every = [set(d.data["class_name"]) for d in detector(frames)]
