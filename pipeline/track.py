@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import supervision as sv
 
-from pipeline.geometry import mask_to_rle, resize_mask, scale_xyxy
+from pipeline.geometry import mask_to_rle, paired_box_iou, resize_mask, scale_xyxy
 from pipeline.records import Track
 from pipeline.runtime import configure_offline
 
@@ -58,6 +58,18 @@ class TrackerConfig:
             two objects, which is worse for grounding than a split).
         merge_max_dist: "near" for merging: centre distance at most this many box
             diagonals (the larger of the two boxes).
+        duplicate_iou: a track whose boxes overlap those of a longer track of the same
+            class at IoU >= this on at least ``duplicate_share`` of its frames is a second
+            ID on one object (a detector that fires twice on a half-visible shape) and is
+            dropped (0 = keep every track).
+        duplicate_share: see ``duplicate_iou``.
+        edge_extend_s: a track whose last (first) box touches the frame border and
+            whose motion carries it out of the frame is continued (started earlier) on
+            the tracked frames with its extrapolated box clipped to the frame, until the
+            clipped box is empty, at most this many seconds (0 = off). Objects leaving or
+            entering the frame shrink to slivers the detector misses or scores too low
+            for ByteTrack, so their IDs would vanish early (appear late); a track that
+            ends inside the frame (occlusion, a missed detection) is never extended.
     """
 
     track_high_thresh: float = 0.25
@@ -70,6 +82,9 @@ class TrackerConfig:
     min_duration_s: float = 0.0
     merge_gap_s: float = 0.0
     merge_max_dist: float = 1.0
+    duplicate_iou: float = 0.5
+    duplicate_share: float = 0.6
+    edge_extend_s: float = 1.0
 
     def __post_init__(self):
         if not 0.0 <= self.track_low_thresh <= self.track_high_thresh <= 1.0:
@@ -81,10 +96,19 @@ class TrackerConfig:
             raise ValueError(
                 f"track_buffer must be >= 0 and min_frames >= 1, got {self.track_buffer}, {self.min_frames}"
             )
-        if self.min_duration_s < 0 or self.merge_gap_s < 0 or self.merge_max_dist < 0:
+        lengths = {
+            "min_duration_s": self.min_duration_s,
+            "merge_gap_s": self.merge_gap_s,
+            "merge_max_dist": self.merge_max_dist,
+            "edge_extend_s": self.edge_extend_s,
+        }
+        negative = {k: v for k, v in lengths.items() if not v >= 0}
+        if negative:
+            raise ValueError(f"these must be >= 0: {negative}")
+        if not (0.0 <= self.duplicate_iou <= 1.0 and 0.0 < self.duplicate_share <= 1.0):
             raise ValueError(
-                f"min_duration_s ({self.min_duration_s}), merge_gap_s ({self.merge_gap_s}) and "
-                f"merge_max_dist ({self.merge_max_dist}) must be >= 0"
+                f"duplicate_iou must be in [0, 1] and duplicate_share in (0, 1], got "
+                f"{self.duplicate_iou} and {self.duplicate_share}"
             )
 
     @classmethod
@@ -218,9 +242,16 @@ class TrackBuilder:
         self.frame_wh = frame_wh
         self.out_wh = out_wh
         self._tracks: dict[int, _RawTrack] = {}
+        self._frame_times: list[float] = []
 
     def add(self, time_s: float, detections: sv.Detections) -> None:
-        """Add one frame's tracked detections (``tracker_id`` required)."""
+        """Add one frame's tracked detections (``tracker_id`` required).
+
+        Call it for every tracked frame, also those without detections: the frame
+        times are where :meth:`finalize` may extend tracks to the frame border.
+        """
+        if not self._frame_times or time_s > self._frame_times[-1]:
+            self._frame_times.append(float(time_s))
         if len(detections) == 0:
             return
         if detections.tracker_id is None:
@@ -258,12 +289,18 @@ class TrackBuilder:
         min_duration_s: float = 0.0,
         merge_gap_s: float = 0.0,
         merge_max_dist: float = 1.0,
+        edge_extend_s: float = 0.0,
+        duplicate_iou: float = 0.0,
+        duplicate_share: float = 0.6,
     ) -> list[Track]:
-        """Merge fragments (optional), drop short tracks, renumber 1..K by first appearance.
+        """Merge fragments (optional), drop short tracks, extend tracks to the frame border
+        (optional, see :attr:`TrackerConfig.edge_extend_s`; needs ``frame_wh``), drop
+        duplicates (optional, see :attr:`TrackerConfig.duplicate_iou`) and renumber 1..K
+        by first appearance.
 
         Ties in first appearance go left to right (box centre x, then y). The class is
-        the majority over the track's frames. Masks stay aligned with boxes; ``masks_rle``
-        is None for tracks without any mask.
+        the majority over the track's frames. Masks stay aligned with boxes (extended
+        frames have none); ``masks_rle`` is None for tracks without any mask.
         """
         raws = [self._sorted(r) for _, r in sorted(self._tracks.items())]
         if merge_gap_s > 0:
@@ -273,6 +310,12 @@ class TrackBuilder:
             for r in raws
             if len(r.times_s) >= min_frames and r.times_s[-1] - r.times_s[0] >= min_duration_s
         ]
+        size = self.out_wh or self.frame_wh
+        if edge_extend_s > 0 and size is not None:
+            frame_times = np.asarray(self._frame_times)
+            kept = [_extend_to_edges(r, frame_times, size, edge_extend_s) for r in kept]
+        if duplicate_iou > 0:  # after extending: a track born on a leaving one's sliver
+            kept = _drop_duplicates(kept, duplicate_iou, duplicate_share)
 
         def first_key(r: _RawTrack) -> tuple[float, float, float]:
             b = r.xyxy[0]
@@ -303,8 +346,12 @@ def _columns(r: _RawTrack) -> tuple[list, list, list, list]:
     return r.times_s, r.xyxy, r.masks_rle, r.class_names
 
 
+_EXTENDED = ""  # class name of an extrapolated frame: no detector vote
+
+
 def _majority(names: list[str]) -> str:
-    return Counter(names).most_common(1)[0][0]  # ties: the class seen first
+    votes = Counter(n for n in names if n != _EXTENDED)
+    return votes.most_common(1)[0][0]  # ties: the class seen first
 
 
 def _merge_fragments(raws: list[_RawTrack], gap_s: float, max_dist: float) -> list[_RawTrack]:
@@ -330,6 +377,102 @@ def _merge_fragments(raws: list[_RawTrack], gap_s: float, max_dist: float) -> li
             for dst, src in zip(_columns(best), _columns(r)):
                 dst.extend(src)
     return chains
+
+
+def _drop_duplicates(raws: list[_RawTrack], min_iou: float, share: float) -> list[_RawTrack]:
+    """``raws`` without tracks that sit on a longer same-class track (longest kept first)."""
+    order = sorted(range(len(raws)), key=lambda i: (-len(raws[i].times_s), raws[i].times_s[0]))
+    kept: list[int] = []
+    for i in order:
+        r = raws[i]
+        cls = _majority(r.class_names)
+        by_time = dict(zip(r.times_s, r.xyxy))
+        for j in kept:
+            other = raws[j]
+            if _majority(other.class_names) != cls:
+                continue
+            pairs = [(by_time[t], b) for t, b in zip(other.times_s, other.xyxy) if t in by_time]
+            if not pairs:
+                continue
+            mine, theirs = (np.stack(x) for x in zip(*pairs))
+            overlapping = int((paired_box_iou(mine, theirs) >= min_iou).sum())
+            if overlapping >= share * len(r.times_s):
+                break
+        else:
+            kept.append(i)
+    return [raws[i] for i in sorted(kept)]
+
+
+def _touches_border(box: np.ndarray, wh: tuple[int, int]) -> bool:
+    margin = max(1.0, 0.01 * max(wh))
+    w, h = wh
+    return bool(
+        box[0] <= margin or box[1] <= margin or box[2] >= w - margin or box[3] >= h - margin
+    )
+
+
+def _exit_boxes(
+    times: np.ndarray,
+    boxes: np.ndarray,
+    later_times: np.ndarray,
+    wh: tuple[int, int],
+    max_s: float,
+    fit_frames: int = 4,
+) -> tuple[list[float], list[np.ndarray]]:
+    """Boxes at ``later_times`` (sorted away from the track) until the track has left the frame.
+
+    ``times``/``boxes`` run from the track's end inwards. Each box side moves at its own
+    least-squares velocity over the ``fit_frames`` observations nearest the end (a side
+    pinned at the border stays there; the far side closes in); the box is clipped to the
+    frame. Nothing is returned unless the box touches the border and becomes empty within
+    ``max_s``: a track that ends for another reason is left alone.
+    """
+    n = min(fit_frames, len(times))
+    if n < 2 or not _touches_border(boxes[0], wh):
+        return [], []
+    t = np.asarray(times[:n], np.float64)
+    dt = t - t[0]
+    if not np.ptp(dt) > 0:
+        return [], []
+    design = np.stack([dt, np.ones_like(dt)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, np.asarray(boxes[:n], np.float64), rcond=None)
+    velocity, start = coef[0], coef[1]  # (4,) px/s, (4,) fitted box at the end time
+    w, h = wh
+    out_t, out_b = [], []
+    for tt in later_times:
+        step = float(tt) - float(t[0])
+        if abs(step) > max_s:
+            return [], []  # still inside the frame after max_s: not leaving
+        b = start + velocity * step
+        b = np.array([max(b[0], 0.0), max(b[1], 0.0), min(b[2], w), min(b[3], h)])
+        if b[2] - b[0] < 1.0 or b[3] - b[1] < 1.0:
+            return out_t, out_b  # gone
+        out_t.append(float(tt))
+        out_b.append(b.astype(np.float32))
+    return [], []  # the video ended first: no evidence that it left
+
+
+def _extend_to_edges(
+    r: _RawTrack, frame_times: np.ndarray, wh: tuple[int, int], max_s: float
+) -> _RawTrack:
+    """``r`` continued past its last box and before its first one while it leaves/enters."""
+    times = np.asarray(r.times_s)
+    eps = 1e-6
+    after_t, after_b = _exit_boxes(
+        times[::-1], np.stack(r.xyxy[::-1]), frame_times[frame_times > times[-1] + eps], wh, max_s
+    )
+    before_t, before_b = _exit_boxes(
+        times, np.stack(r.xyxy), frame_times[frame_times < times[0] - eps][::-1], wh, max_s
+    )
+    if not after_t and not before_t:
+        return r
+    nb, na = len(before_t), len(after_t)
+    return _RawTrack(
+        times_s=before_t[::-1] + list(r.times_s) + after_t,
+        xyxy=before_b[::-1] + list(r.xyxy) + after_b,
+        masks_rle=[None] * nb + list(r.masks_rle) + [None] * na,
+        class_names=[_EXTENDED] * nb + list(r.class_names) + [_EXTENDED] * na,
+    )
 
 
 def collect_tracks(
@@ -395,4 +538,7 @@ def _finish(builder: TrackBuilder, config: TrackerConfig) -> list[Track]:
         min_duration_s=config.min_duration_s,
         merge_gap_s=config.merge_gap_s,
         merge_max_dist=config.merge_max_dist,
+        edge_extend_s=config.edge_extend_s,
+        duplicate_iou=config.duplicate_iou,
+        duplicate_share=config.duplicate_share,
     )

@@ -146,3 +146,107 @@ def test_fragments_merged_only_when_enabled_and_plausible():
 def test_builder_requires_tracker_ids():
     with pytest.raises(ValueError, match="tracker_id"):
         TrackBuilder().add(0.0, dets(two_movers(0)))
+
+
+def _clip(box) -> list[float]:
+    x1, y1, x2, y2 = box
+    return [max(x1, 0.0), max(y1, 0.0), min(x2, float(W)), min(y2, float(H))]
+
+
+def _edge_frames(x1_at, n: int, detect_min_w: float = 12.0, y: float = 50.0):
+    """A 20x20 object at x1_at(k); detected (clipped to the frame) only while >= 12 px wide.
+
+    Returns the frames for collect_tracks and the true clipped box per frame (None when
+    nothing of it is inside the frame).
+    """
+    frames, truth = [], []
+    for k in range(n):
+        box = _clip([x1_at(k), y, x1_at(k) + 20, y + 20])
+        width = box[2] - box[0]
+        truth.append(box if width >= 1 else None)
+        shown = [box] if width >= detect_min_w else np.zeros((0, 4))
+        frames.append((k / FPS, dets(shown)))
+    return frames, truth
+
+
+def test_tracks_are_continued_to_the_frame_border():
+    # Leaving through the left edge at 3 px/frame: x2 = 60 - 3k. Detected while x2 >= 12
+    # (k <= 16); the sliver at k = 17, 18, 19 (x2 = 9, 6, 3) is extrapolated from the
+    # last 4 boxes; at k = 20 nothing is left.
+    frames, truth = _edge_frames(lambda k: 40.0 - 3 * k, 30)
+    (tr,) = collect_tracks(frames, TrackerConfig(), FPS, frame_wh=(W, H))
+    assert np.allclose(tr.times_s * FPS, np.arange(20), atol=1e-3)
+    np.testing.assert_allclose(tr.xyxy[17:], [truth[k] for k in (17, 18, 19)], atol=0.5)
+    # Entering through the right edge: x1 = 163 - 3k, visible from k = 2, detected from
+    # k = 5; the track now starts at k = 2 with the slivers' boxes.
+    frames, truth = _edge_frames(lambda k: 163.0 - 3 * k, 15)
+    (tr,) = collect_tracks(frames, TrackerConfig(), FPS, frame_wh=(W, H))
+    assert round(float(tr.times_s[0]) * FPS) == 2
+    np.testing.assert_allclose(tr.xyxy[:3], [truth[k] for k in (2, 3, 4)], atol=0.5)
+    assert len(tr.times_s) == 13  # k = 2..14
+    # off: the detector's frames only; without the frame size there is no border to use
+    off = collect_tracks(frames, TrackerConfig(edge_extend_s=0), FPS, frame_wh=(W, H))
+    assert round(float(off[0].times_s[0]) * FPS) == 5
+    assert round(float(collect_tracks(frames, TrackerConfig(), FPS)[0].times_s[0]) * FPS) == 5
+
+
+def test_tracks_that_do_not_leave_are_not_continued():
+    # Lost in the middle of the frame (occluded, missed): no extension.
+    frames, _ = _edge_frames(lambda k: 100.0 - 3 * k, 20)
+    cut = [(t, d if k <= 10 else dets(np.zeros((0, 4)))) for k, (t, d) in enumerate(frames)]
+    (tr,) = collect_tracks(cut, TrackerConfig(), FPS, frame_wh=(W, H))
+    assert len(tr.times_s) == 11
+
+    # Touching the top border but moving along it (x1 = 10 + 3k), lost at k = 10: it would
+    # be gone through the right edge at k = 50 (x1 >= 159), 1.33 s later, more than
+    # edge_extend_s = 1 s: no extension.
+    def along(n: int):
+        boxes = [[10.0 + 3 * k, 0.0, 30.0 + 3 * k, 20.0] for k in range(n)]
+        return [(k / FPS, dets([b] if k <= 10 else np.zeros((0, 4)))) for k, b in enumerate(boxes)]
+
+    (tr,) = collect_tracks(along(60), TrackerConfig(), FPS, frame_wh=(W, H))
+    assert len(tr.times_s) == 11
+    # allowed 2 s, it is continued until it has left: k = 0..49
+    cfg = TrackerConfig(edge_extend_s=2.0)
+    (tr,) = collect_tracks(along(60), cfg, FPS, frame_wh=(W, H))
+    assert len(tr.times_s) == 50 and tr.xyxy[-1][2] == W
+    # a video that ends (40 frames) before the object has left gives no evidence it left
+    (tr,) = collect_tracks(along(40), cfg, FPS, frame_wh=(W, H))
+    assert len(tr.times_s) == 11
+
+
+def _with_duplicate(dup_class: str, dup_frames: range, n: int = 20):
+    """Object A (square) on every frame; a second box 2 px off A on ``dup_frames``."""
+    frames = []
+    for k in range(n):
+        a = [20.0 + 2 * k, 30.0, 50.0 + 2 * k, 60.0]
+        boxes, classes = [a], ["square"]
+        if k in dup_frames:
+            boxes.append([a[0] + 2, a[1] + 2, a[2] + 2, a[3] + 2])  # IoU 784/1016 = 0.77
+            classes.append(dup_class)
+        frames.append((k / FPS, dets(boxes, classes=classes)))
+    return frames
+
+
+def test_duplicate_tracks_are_dropped():
+    # ByteTrack matches one of the two boxes to A's track and starts a second track on
+    # the other: two IDs on one object. It lies on A (IoU 0.77) on all its frames.
+    frames = _with_duplicate("square", range(5, 15))
+    assert len(collect_tracks(frames, TrackerConfig(duplicate_iou=0), FPS)) == 2
+    (kept,) = collect_tracks(frames, TrackerConfig(), FPS)
+    assert len(kept.times_s) == 20 and kept.id == 1
+    # another class on the same spot may be another object (a rider on a horse): kept
+    assert len(collect_tracks(_with_duplicate("star", range(5, 15)), TrackerConfig(), FPS)) == 2
+
+
+def test_objects_crossing_briefly_are_not_duplicates():
+    # A moves right, B moves left on the same row, 6k - 120 px apart: IoU >= 0.5 needs
+    # |6k - 120| <= 6.7 px, frames 19-21 only (3 of 40): two objects, two tracks.
+    frames = []
+    for k in range(40):
+        a = [10.0 + 3 * k, 40.0, 30.0 + 3 * k, 60.0]
+        b = [130.0 - 3 * k, 40.0, 150.0 - 3 * k, 60.0]
+        frames.append((k / FPS, dets([a, b])))
+    tracks = collect_tracks(frames, TrackerConfig(), FPS)
+    assert len(tracks) >= 2
+    assert sum(len(t.times_s) for t in tracks) == 80  # every detection kept in some track
