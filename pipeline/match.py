@@ -21,6 +21,10 @@ import numpy as np
 from pipeline.geometry import mask_iou, nearest_index, paired_box_iou, rle_to_mask
 from pipeline.records import GTObject, QueryRecord, Track
 
+MIN_GT_SIDE = 0.05
+"""GT boxes with a shorter side under this share of the frame's shorter side (12 px at
+240 p, 36 px at 720 p) are too small to carry a legible ID; see :func:`match_quality`."""
+
 
 @dataclass(frozen=True)
 class TargetMatch:
@@ -140,32 +144,56 @@ def match_quality(
     min_iou: float = 0.3,
     iou_thresh: float = 0.5,
     min_coverage: float = 0.9,
+    min_side: float = MIN_GT_SIDE,
     use_masks: bool = False,
     frame_hw: tuple[int, int] | None = None,
 ) -> dict:
-    """How well the IDs represent the ground truth, for the pipeline's "right IDs" rate.
+    """Whether the query's IDs are exactly right, for the pipeline's "right IDs" rate.
 
-    Returns ``{"exact": bool, "coverage": [per object: share of its annotated frames
-    where the chosen track has IoU >= iou_thresh], "track_ids": [per object, None if
-    unmatched], "distinct": bool, "match_iou": float}``. ``exact`` is true when every
-    object got a track with coverage >= ``min_coverage`` and distinct objects got
-    distinct IDs; a query without ground truth is never exact.
+    An ID is "on" the target in an annotated frame when its track's box (mask) has
+    IoU >= ``iou_thresh`` with the GT there. The query is ``exact`` when, for every GT
+    object, the chosen ID is on it in >= ``min_coverage`` of its frames, no other ID is
+    ever on it (a second ID on the same object, from a duplicate track or an ID switch,
+    makes the answer ambiguous), and distinct objects got distinct IDs. With
+    ``frame_hw`` (height, width), GT boxes whose shorter side is under ``min_side`` of
+    the frame's shorter side (slivers of objects entering, leaving or nearly hidden)
+    do not count towards coverage, as KITTI ignores boxes under 25 px; they still count
+    for "no other ID". A query without ground truth is never exact.
+
+    Returns ``{"exact": bool, "coverage": [per object], "track_ids": [per object, None
+    if unmatched], "other_ids": [per object: other IDs seen on it], "distinct": bool,
+    "match_iou": float}``.
     """
     matches = match_targets(
         query, tracks, max_gap_s=max_gap_s, min_iou=min_iou, use_masks=use_masks, frame_hw=frame_hw
     )
-    coverage = [
-        float((m.iou >= iou_thresh).mean()) if m.track_id is not None and m.iou.size else 0.0
-        for m in matches
-    ]
+    ids = np.array([tr.id for tr in tracks], dtype=np.int64)
+    coverage, others = [], []
+    for gt, m in zip(query.gt, matches):
+        iou, valid = _iou_matrix(gt, tracks, max_gap_s, use_masks, frame_hw)
+        on = iou >= iou_thresh  # (T, M)
+        others.append(sorted(int(i) for i in ids[on.any(axis=0) & (ids != m.track_id)]))
+        if m.track_id is None or not len(on):
+            coverage.append(0.0)
+            continue
+        counted = np.ones(len(on), dtype=bool)
+        if frame_hw is not None and min_side > 0:
+            box = gt.xyxy[valid]
+            sides = np.minimum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1])
+            big = sides >= min_side * min(frame_hw)
+            counted = big if big.any() else counted  # only slivers: count them all
+        coverage.append(float(on[counted][:, ids == m.track_id].mean()))
     chosen = [m.track_id for m in matches]
     distinct = len(set(chosen)) == len(chosen)
-    exact = bool(matches) and distinct and all(c >= min_coverage for c in coverage)
+    exact = (
+        bool(matches) and distinct and all(c >= min_coverage for c in coverage) and not any(others)
+    )
     all_iou = np.concatenate([m.iou for m in matches]) if matches else np.zeros(0)
     return {
         "exact": exact,
         "coverage": coverage,
         "track_ids": chosen,
+        "other_ids": others,
         "distinct": distinct,
         "match_iou": float(all_iou.mean()) if all_iou.size else float("nan"),
     }

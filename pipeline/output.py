@@ -110,7 +110,10 @@ def summarize_shards(out_dir: Path, max_gap_s: float) -> dict:
                 if q.target_ids:
                     c["matched"] += 1
                     ious.append(q.match_iou)
-                    c["exact"] += bool(match_quality(q, v.tracks, max_gap_s=max_gap_s)["exact"])
+                    quality = match_quality(
+                        q, v.tracks, max_gap_s=max_gap_s, frame_hw=(v.height, v.width)
+                    )
+                    c["exact"] += bool(quality["exact"])
     ann = max(c["annotated"], 1)
     c["match_rate"] = c["matched"] / ann
     c["exact_rate"] = c["exact"] / ann

@@ -95,6 +95,47 @@ def test_majority_vote_beats_brief_id_switch():
     # coverage 4/5 = 0.8 < 0.9: the ID is right by majority but not "exact"
     quality = match_quality(q, [t2, t1], 1.5)
     assert quality["coverage"] == [pytest.approx(0.8)] and not quality["exact"]
+    assert quality["other_ids"] == [[2]]  # and a second ID was on the target at t = 2
+
+
+def test_a_second_id_on_the_target_is_not_exact():
+    # Track 1 covers all 5 GT frames (coverage 1.0). Track 2, a duplicate, sits 1 px off
+    # the GT at t = 3 only (IoU 90/110 = 0.82 >= 0.5): two IDs were drawn on the object.
+    times = [0.0, 1.0, 2.0, 3.0, 4.0]
+    t1 = track(1, times, [SQ] * 5)
+    dup = track(2, [3.0], [shifted(SQ, 1)])
+    q = query(gt(times, [SQ] * 5))
+    assert match_query(q, [t1, dup], max_gap_s=0.5).target_ids == (1,)
+    quality = match_quality(q, [t1, dup], 0.5)
+    assert quality["coverage"] == [1.0] and quality["other_ids"] == [[2]]
+    assert not quality["exact"]
+    # 5 px off (IoU 1/3 < 0.5) is a neighbour, not an ID on the target
+    near = track(2, [3.0], [shifted(SQ, 5)])
+    assert match_quality(q, [t1, near], 0.5)["exact"] is True
+
+
+def test_slivers_do_not_count_towards_coverage():
+    # A 40x40 box for 8 frames, then 2 frames as a 40x4 sliver (leaving through the top)
+    # that no track covers. On a 240x320 frame the slivers' shorter side 4 px < 5% of 240
+    # = 12 px: coverage counts the 8 big frames only (8/8). Without the frame size every
+    # frame counts: 8/10 = 0.8 < 0.9.
+    times = [float(k) for k in range(10)]
+    big = [10.0, 10.0, 50.0, 50.0]
+    boxes = [big] * 8 + [[10.0, 0.0, 50.0, 4.0]] * 2
+    t1 = track(1, times[:8], [big] * 8)
+    q = query(gt(times, boxes))
+    sized = match_quality(q, [t1], 0.5, frame_hw=(240, 320))
+    assert sized["coverage"] == [1.0] and sized["exact"] is True
+    unsized = match_quality(q, [t1], 0.5)
+    assert unsized["coverage"] == [pytest.approx(0.8)] and unsized["exact"] is False
+    # a duplicate track on a sliver still counts against "no other ID"
+    dup = track(2, [8.0], [[10.0, 0.0, 50.0, 4.0]])
+    assert match_quality(q, [t1, dup], 0.5, frame_hw=(240, 320))["other_ids"] == [[2]]
+    # a target that is only ever a sliver: all its frames count (none would otherwise);
+    # track 3 covers it at t = 8 but not at t = 9 -> 1/2
+    q_thin = query(gt(times[8:], boxes[8:]))
+    t3 = track(3, [8.0], [boxes[8]])
+    assert match_quality(q_thin, [t3], 0.5, frame_hw=(240, 320))["coverage"] == [0.5]
 
 
 def test_interpolation_between_track_samples_at_another_rate():
