@@ -80,8 +80,9 @@ def train(
     val_every_epoch: bool = False,
     scale: float = 0.25,
     close_mosaic: int = 15,
+    init: Path | None = None,
 ) -> dict:
-    """Train from ``yolo11n.yaml``, copy the stripped ``best.pt`` to ``out``, write ``out``.json.
+    """Train from ``yolo11n.yaml`` (or fine-tune ``init``), copy the stripped ``best.pt`` to ``out``, write ``out``.json.
 
     Returns the metrics dict that is written (mAP50 and mAP50-95 on the val split,
     the training settings, wall time and the dataset description). Validation runs
@@ -90,7 +91,9 @@ def train(
     The synthetic frames all have one size, so zoom augmentation is milder than
     Ultralytics' defaults (``scale`` 0.25 instead of 0.5, mosaic off for the last
     ``close_mosaic`` epochs instead of 10): at ~200 px strong zoom-out mostly teaches
-    objects smaller than the detector ever sees.
+    objects smaller than the detector ever sees. ``init`` starts from an existing
+    checkpoint instead of random weights (e.g. the committed one, to retrain it at a
+    larger ``imgsz`` in fewer epochs); its name is recorded in the metrics.
     """
     configure_offline()
     from ultralytics import YOLO
@@ -98,7 +101,13 @@ def train(
 
     data_yaml = Path(data_yaml).resolve()
     run_dir = Path(run_dir).resolve()
-    model = YOLO("yolo11n.yaml")  # architecture only: random init, nothing to download
+    if init is None:
+        model = YOLO("yolo11n.yaml")  # architecture only: random init, nothing to download
+    else:
+        init = Path(init).resolve()
+        if not init.is_file():
+            raise FileNotFoundError(f"--init checkpoint {init} does not exist")
+        model = YOLO(str(init))
     t0 = time.perf_counter()
     model.train(
         data=str(data_yaml),
@@ -109,7 +118,7 @@ def train(
         workers=workers,
         seed=seed,
         deterministic=True,
-        pretrained=False,
+        pretrained=init is not None,
         amp=False,
         plots=False,
         val=val_every_epoch,
@@ -154,6 +163,7 @@ def train(
         "val_every_epoch": val_every_epoch,
         "scale": scale,
         "close_mosaic": close_mosaic,
+        "init": None if init is None else init.name,
         "train_time_s": round(train_time_s, 1),
         "device": device,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -197,6 +207,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="validate after every epoch and keep the best (default: validate once at the end)",
     )
+    ap.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="fine-tune this checkpoint instead of training yolo11n from random weights",
+    )
     ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or 0")
     ap.add_argument(
         "--out",
@@ -225,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         val_every_epoch=args.val_every_epoch,
         scale=args.scale,
         close_mosaic=args.close_mosaic,
+        init=resolve(args.init) if args.init else None,
     )
     print(json.dumps(metrics, indent=2))
 
