@@ -80,6 +80,13 @@ class PreprocessConfig:
         "tracks; new tracks need 0.25)",
         type=float,
     )
+    nms_iou: float = _opt(0.7, "detector NMS IoU threshold", type=float)
+    agnostic_nms: bool = _opt(
+        True,
+        "NMS across classes: one box per object, so a half-confused object (a circle also "
+        "scored as a square) does not get two tracks and two IDs",
+        action=argparse.BooleanOptionalAction,
+    )
     classes: tuple[str, ...] | None = _opt(
         None, "keep only these detector classes (names or ids), e.g. person", nargs="+"
     )
@@ -112,6 +119,18 @@ class PreprocessConfig:
         "ByteTrack: multiply IoU by the detection score in the first association",
         action=argparse.BooleanOptionalAction,
     )
+    duplicate_iou: float = _opt(
+        0.5,
+        "drop a track lying on a longer same-class track at IoU >= this on 60%% of its "
+        "frames (a second ID on one object; 0: keep all)",
+        type=float,
+    )
+    edge_extend_s: float = _opt(
+        1.0,
+        "continue a track that leaves (enters) through the frame border at its velocity, "
+        "clipped to the frame, until it is gone, at most this long (0: off)",
+        type=float,
+    )
 
     def __post_init__(self):
         problems = []
@@ -130,8 +149,16 @@ class PreprocessConfig:
                 f"min_track_frames must be >= 1 and track_buffer >= 0, got "
                 f"{self.min_track_frames} and {self.track_buffer}"
             )
-        if self.max_gap_s < 0:
-            problems.append(f"max_gap_s must be >= 0, got {self.max_gap_s}")
+        if self.max_gap_s < 0 or self.edge_extend_s < 0:
+            problems.append(
+                f"max_gap_s and edge_extend_s must be >= 0, got {self.max_gap_s} and "
+                f"{self.edge_extend_s}"
+            )
+        if not (0.0 <= self.nms_iou <= 1.0 and 0.0 <= self.duplicate_iou <= 1.0):
+            problems.append(
+                f"nms_iou ({self.nms_iou}) and duplicate_iou ({self.duplicate_iou}) must be "
+                "in [0, 1]"
+            )
         if self.overlay_style not in OVERLAY_STYLES:
             problems.append(
                 f"overlay_style must be one of {OVERLAY_STYLES}, got {self.overlay_style!r}"
@@ -203,6 +230,8 @@ class VideoProcessor:
         self.detector = Detector(
             config.weights,
             conf=config.conf,
+            iou=config.nms_iou,
+            agnostic_nms=config.agnostic_nms,
             classes=list(config.classes) if config.classes else None,
             imgsz=config.imgsz,
             batch_size=config.batch_size,
@@ -215,6 +244,8 @@ class VideoProcessor:
             track_buffer=config.track_buffer,
             fuse_score=config.fuse_score,
             min_frames=config.min_track_frames,
+            edge_extend_s=config.edge_extend_s,
+            duplicate_iou=config.duplicate_iou,
         )
 
     def __call__(self, record: VideoRecord) -> tuple[dict, dict]:
@@ -249,7 +280,8 @@ class VideoProcessor:
             q = scale_query(q, sx, sy, (h, w))
             matched = match_query(q, tracks, max_gap_s=cfg.max_gap_s, min_iou=cfg.min_match_iou)
             if q.gt:
-                n_exact += bool(match_quality(matched, tracks, max_gap_s=cfg.max_gap_s)["exact"])
+                quality = match_quality(matched, tracks, max_gap_s=cfg.max_gap_s, frame_hw=(h, w))
+                n_exact += bool(quality["exact"])
             queries.append(matched)
 
         frames, times = [], []
