@@ -34,6 +34,17 @@ requires_vllm = pytest.mark.skipif(
 # --------------------------------------------------------------------------- shared fixtures
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mask_index_cache(tmp_path_factory):
+    """MeViS mask indexes built by tests go to a temp dir, not the repository's data/cache."""
+    from pipeline.adapters import mevis_masks
+
+    cache = tmp_path_factory.mktemp("mevis-masks")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mevis_masks, "default_cache_dir", lambda: cache)
+        yield cache
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """The tiny offline Qwen2.5-VL (truncated vocabulary), built once per session."""

@@ -16,12 +16,16 @@ read from the RLE without decoding it. ``span_s`` runs from the earliest to the 
 frame time at which any target is present. The ``valid`` split has no ``mask_dict.json``:
 its queries carry no ground truth and span the whole video (first to last frame time).
 
+``mask_dict.json`` is never loaded whole (the train file is gigabytes): masks are looked up
+through a :class:`~pipeline.adapters.mevis_masks.MaskStore`, an on-disk index built by one
+streaming pass on first use and reused while the file is unchanged.
+
 Frame times are ``frame number / fps`` with the dataset's nominal rate (6 for MeViS).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,7 @@ from pipeline.adapters.base import (
     require_file,
     warn_problem,
 )
+from pipeline.adapters.mevis_masks import MaskStore
 from pipeline.records import GTObject, QueryRecord, VideoRecord, frame_file_times
 
 DEFAULT_FPS = 6.0
@@ -115,7 +120,7 @@ def _video(
     vid: str,
     entry,
     split_dir: Path,
-    masks: dict | None,
+    masks: Mapping[str, list | None] | None,
     fps: float,
     dataset: str,
     split: str,
@@ -198,7 +203,10 @@ def iter_videos(
     videos = load_json(meta_path, dict).get("videos")
     if not isinstance(videos, dict):
         raise AnnotationError(f"{meta_path}: missing or malformed top-level key 'videos'")
-    masks = load_json(mask_path, dict) if mask_path.is_file() else None
+    masks = None
+    if mask_path.is_file():
+        masks = MaskStore(mask_path)
+        masks.ensure_index()  # a malformed file fails here, not at the first video
 
     def report(vid: str, reason: str, query_id: str | None = None) -> None:
         report_to(AnnotationProblem(meta_path, vid, reason, query_id))
