@@ -146,10 +146,11 @@ def prepare_output(out_dir: Path, config: PreprocessConfig, overwrite: bool, met
             p.unlink(missing_ok=True)
         old = None
     elif old is not None and old.get("config_hash") != config.hash():
-        new = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+        before = old.get("identity", old.get("config", {}))
         raise OutputConflictError(
-            f"{out_dir} holds shards made with other settings (config hash "
-            f"{old.get('config_hash')} != {config.hash()}; {_config_diff(old.get('config', {}), new)}). "
+            f"{out_dir} holds shards made with other settings or another pipeline version "
+            f"(config hash {old.get('config_hash')} != {config.hash()}; "
+            f"{_config_diff(before, config.identity())}). "
             "Use another --out, or --overwrite to delete them and start again."
         )
     elif old is None and parts:
@@ -161,6 +162,7 @@ def prepare_output(out_dir: Path, config: PreprocessConfig, overwrite: bool, met
         **(old or {}),
         **meta,
         "config": dataclasses.asdict(config),
+        "identity": config.identity(),
         "config_hash": config.hash(),
         "status": "running",
     }

@@ -28,6 +28,8 @@ from pipeline.runtime import configure_offline
 if TYPE_CHECKING:
     from pipeline.detect import Detector
 
+KALMAN_STATES = ("xywh", "xyah")
+
 _BYTETRACK_KEYS = (
     "track_high_thresh",
     "track_low_thresh",
@@ -49,6 +51,11 @@ class TrackerConfig:
         track_buffer: frames (at 30 fps, as in ByteTrack) a lost track is kept for
             re-identification; scaled by ``frame_rate / 30`` so it means ~1 s at any rate.
         match_thresh: first-association cost threshold (1 - IoU, fused with score).
+        kalman: the Kalman state: ``"xywh"`` (centre, width, height, as in BoT-SORT) or
+            ``"xyah"`` (centre, aspect ratio, height: ByteTrack's). A box that grows
+            or shrinks along one side only (an object entering or leaving the frame)
+            changes its aspect ratio fast; the constant-velocity XYAH prediction then
+            overshoots, the next box no longer overlaps it, and the object gets a new ID.
         fuse_score: fuse detection score into the association cost.
         min_frames: tracks observed on fewer frames are dropped (noise, flicker).
         min_duration_s: tracks spanning less time are dropped (0 = no limit).
@@ -78,6 +85,7 @@ class TrackerConfig:
     track_buffer: int = 30
     match_thresh: float = 0.8
     fuse_score: bool = True
+    kalman: str = "xywh"
     min_frames: int = 3
     min_duration_s: float = 0.0
     merge_gap_s: float = 0.0
@@ -87,6 +95,8 @@ class TrackerConfig:
     edge_extend_s: float = 1.0
 
     def __post_init__(self):
+        if self.kalman not in KALMAN_STATES:
+            raise ValueError(f"kalman must be one of {KALMAN_STATES}, got {self.kalman!r}")
         if not 0.0 <= self.track_low_thresh <= self.track_high_thresh <= 1.0:
             raise ValueError(
                 f"need 0 <= track_low_thresh ({self.track_low_thresh}) <= "
@@ -151,6 +161,25 @@ class _ByteTrackInput:
         return _ByteTrackInput(self.conf[index], self.cls[index], self.xywh[index])
 
 
+def _xywh_tracker(args):
+    """Ultralytics' ``BYTETracker`` with BoT-SORT's XYWH Kalman state (and nothing else of
+    BoT-SORT: no camera-motion compensation, no appearance features)."""
+    from ultralytics.trackers.bot_sort import BOTrack
+    from ultralytics.trackers.byte_tracker import BYTETracker
+    from ultralytics.trackers.utils.kalman_filter import KalmanFilterXYWH
+
+    class ByteTrackXYWH(BYTETracker):
+        track_class = BOTrack
+
+        def get_kalmanfilter(self) -> KalmanFilterXYWH:
+            return KalmanFilterXYWH()
+
+        def multi_predict(self, tracks: list) -> None:
+            BOTrack.multi_predict(tracks)
+
+    return ByteTrackXYWH(args)
+
+
 class Tracker:
     """Streaming ByteTrack: ``update(detections, time_s)`` once per frame, in time order.
 
@@ -170,7 +199,7 @@ class Tracker:
 
         args = types.SimpleNamespace(**{k: getattr(self.config, k) for k in _BYTETRACK_KEYS})
         args.track_buffer = max(1, round(self.config.track_buffer * frame_rate / 30.0))
-        self._bytetrack = BYTETracker(args)
+        self._bytetrack = BYTETracker(args) if self.config.kalman == "xyah" else _xywh_tracker(args)
         self._last_time_s = -np.inf
         self._pending: dict[int, tuple[float, sv.Detections]] = {}
         self._births: list[tuple[float, sv.Detections]] = []

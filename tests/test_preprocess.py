@@ -279,7 +279,9 @@ def test_shards_cover_the_videos_once(reference, records, tmp_path):
         run(records, out, PreprocessConfig(), num_shards=3, shard_index=3)
 
 
-def test_config_change_is_refused_unless_overwrite(reference, records, hc_root, tmp_path, capsys):
+def test_config_change_is_refused_unless_overwrite(
+    reference, records, hc_root, tmp_path, capsys, monkeypatch
+):
     out = reference[0]
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     with pytest.raises(OutputConflictError, match=r"conf: 0\.1 -> 0\.2.*--overwrite"):
@@ -288,6 +290,30 @@ def test_config_change_is_refused_unless_overwrite(reference, records, hc_root, 
     code = main(["--dataset", "synthetic", "--root", str(hc_root), "--out", str(out),
                  "--conf", "0.2", "--no-progress"])  # fmt: skip
     assert code == 2 and "other settings" in capsys.readouterr().err
+
+    # a pipeline version that writes other rows for the same settings: refused
+    from pipeline import preprocess as pp
+
+    assert json.loads((out / MANIFEST).read_text())["identity"]["output_version"] == 2
+    monkeypatch.setattr(pp, "OUTPUT_VERSION", 3)
+    with pytest.raises(OutputConflictError, match=r"output_version: 2 -> 3"):
+        run(records, out, PreprocessConfig(), progress=False)
+    monkeypatch.undo()
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # untouched
+
+    # the same weights path with other bytes (a retrained detector): refused
+    import shutil
+
+    from pipeline.detect import default_weights
+
+    weights = tmp_path / "detector.pt"
+    shutil.copyfile(default_weights(), weights)
+    w_out = tmp_path / "w_out"
+    run(records[:1], w_out, PreprocessConfig(weights=str(weights)), progress=False)
+    with weights.open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(OutputConflictError, match=r"weights_sha256: '\w+' -> '\w+'"):
+        run(records, w_out, PreprocessConfig(weights=str(weights)), progress=False)
 
     # part files without a manifest: unknown settings, refused too
     stray = tmp_path / "stray"
@@ -313,7 +339,7 @@ def test_config_rejects_bad_values():
 
 # --------------------------------------------------------------------------- right IDs
 
-EXACT_RATE_FLOOR = 0.5
+EXACT_RATE_FLOOR = 0.75
 
 
 def test_exact_rate_is_recomputed_from_the_shards(reference):
@@ -322,26 +348,36 @@ def test_exact_rate_is_recomputed_from_the_shards(reference):
 
     out, manifest, _ = reference
     exact = [
-        match_quality(q, v.tracks, max_gap_s=0.5)["exact"]
+        match_quality(q, v.tracks, max_gap_s=0.5, frame_hw=(v.height, v.width))["exact"]
         for v in read_videos(out)
         for q in v.queries
     ]
     c = manifest["counts"]
     assert c["annotated"] == len(exact) == N_VIDEOS  # one HC-STVG query per video
     assert c["exact_rate"] == sum(exact) / len(exact)
-    # On the default synthetic set (32 + 8 videos of 8 s) the committed detector gives
-    # 29/40 = 72.5% exact IDs; this 4-video set gives 2/4. The floor guards regressions.
+    # this 4-video set gives 4/4; the floor guards regressions (the acceptance figure on
+    # the default set is test_right_ids_on_the_default_synthetic_set)
     assert c["exact_rate"] >= EXACT_RATE_FLOOR
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="target 95% exact IDs, measured 72.5% on the default set: objects entering, "
-    "leaving or passing behind others shrink to slivers that the detector scores low and "
-    "ByteTrack drops or re-IDs; a detector with better recall alone did not help",
-)
-def test_exact_rate_target(reference):
-    assert reference[1]["counts"]["exact_rate"] >= 0.95
+def test_right_ids_on_the_default_synthetic_set(tmp_path_factory):
+    """The acceptance figure: >= 95% of the default synthetic set's 40 queries (32 train +
+    8 test videos, the set `make synthetic` writes) get exactly the right IDs, as the
+    manifests report them."""
+    from pipeline.datasets import iter_records
+    from pipeline.synthetic import generate
+
+    root = tmp_path_factory.mktemp("default-synthetic")
+    generate(root, det_train=0, det_val=0, formats=("hcstvg",), progress=False)  # same videos
+    counts = []
+    for split in ("train", "test"):
+        records = list(iter_records("synthetic", split, root=root / "hcstvg"))
+        manifest = run(records, root / "shards" / split, PreprocessConfig(), progress=False)
+        counts.append(manifest["counts"])
+    annotated = sum(c["annotated"] for c in counts)
+    exact = sum(c["exact"] for c in counts)
+    assert annotated == 40 and sum(c["videos_failed"] for c in counts) == 0
+    assert exact / annotated >= 0.95, f"right IDs {exact}/{annotated}"
 
 
 # --------------------------------------------------------------------------- CLI
