@@ -85,14 +85,19 @@ def read_failures(path: Path) -> dict[str, dict]:
 
 
 def summarize_shards(out_dir: Path, max_gap_s: float) -> dict:
-    """Counts recomputed from what is on disk (so they stay right across resumed runs)."""
+    """Counts recomputed from what is on disk (so they stay right across resumed runs).
+
+    ``inexact_queries`` lists every matched query whose IDs are not exactly right
+    (:func:`pipeline.match.match_quality`), with the coverage of each target, the other
+    IDs seen on it and whether distinct targets got distinct IDs, so a low ``exact_rate`` can be looked into query by query.
+    """
     import pyarrow.parquet as pq
 
     from pipeline.match import match_quality
     from pipeline.shards import list_shards, row_to_video
 
     c = dict(videos=0, queries=0, annotated=0, matched=0, exact=0, frames=0, tracks=0)
-    ious, no_tracks = [], []
+    ious, no_tracks, inexact = [], [], []
     for path in list_shards(out_dir):
         table = pq.read_table(path, columns=list(_SUMMARY_COLUMNS))
         for row in table.to_pylist():
@@ -114,13 +119,28 @@ def summarize_shards(out_dir: Path, max_gap_s: float) -> dict:
                         q, v.tracks, max_gap_s=max_gap_s, frame_hw=(v.height, v.width)
                     )
                     c["exact"] += bool(quality["exact"])
+                    if not quality["exact"]:
+                        inexact.append(_inexact_entry(v.video_id, q, quality))
     ann = max(c["annotated"], 1)
     c["match_rate"] = c["matched"] / ann
     c["exact_rate"] = c["exact"] / ann
     c["mean_match_iou"] = float(np.mean(ious)) if ious else 0.0
     c["tracks_per_video"] = c["tracks"] / max(c["videos"], 1)
     c["videos_without_tracks"] = sorted(no_tracks)
+    # which matched queries miss "exact", and why (unmatched ones lack target_ids)
+    c["inexact_queries"] = sorted(inexact, key=lambda e: (e["video_id"], e["query_id"]))
     return c
+
+
+def _inexact_entry(video_id: str, query, quality: dict) -> dict:
+    return {
+        "video_id": video_id,
+        "query_id": query.query_id,
+        "target_ids": list(query.target_ids),
+        "coverage": [round(x, 3) for x in quality["coverage"]],
+        "other_ids": quality["other_ids"],
+        "distinct": quality["distinct"],
+    }
 
 
 _SUMMARY_COLUMNS = (
