@@ -175,7 +175,13 @@ class IdOverlay:
     def _put_number(img, text, cx, cy, scale, thickness, color) -> None:
         font = cv2.FONT_HERSHEY_SIMPLEX
         (tw, th), _ = cv2.getTextSize(text, font, scale, thickness)
-        org = (round(cx - tw / 2), round(cy + th / 2))  # text box centred on (cx, cy)
+        # text box centred on (cx, cy), moved inside the frame: an object entering or
+        # leaving is a sliver at the border, and half a numeral is not a readable ID
+        h, w = img.shape[:2]
+        pad = thickness + 1  # the outline's width
+        x = min(max(cx - tw / 2, pad), w - tw - pad)
+        y = min(max(cy + th / 2, th + pad), h - pad)
+        org = (round(x), round(y))
         outline = _outline_color(color)
         cv2.putText(img, text, org, font, scale, outline, thickness + 2, cv2.LINE_AA)
         cv2.putText(img, text, org, font, scale, color, thickness, cv2.LINE_AA)

@@ -207,7 +207,8 @@ class PreprocessConfig:
 OUTPUT_VERSION = 2
 """Bumped whenever a code change alters the rows written for the same settings, so that
 a resumed run never mixes rows of two pipeline versions (2: agnostic NMS, tracks continued
-to the frame border, duplicate tracks dropped, XYWH Kalman state)."""
+to the frame border, duplicate tracks dropped, XYWH Kalman state, numbers kept inside
+the frame)."""
 
 
 def _file_digest(path: Path) -> str:

@@ -122,3 +122,25 @@ def test_overlay_video_frame_uses_interpolated_boxes_and_nearest_masks():
     expected = ov.annotate(img, [1, 2], np.stack([BOXES[0] + [5, 0, 5, 0], BOXES[1]]), mask_rows)
     assert np.array_equal(out, expected)
     assert np.array_equal(overlay_video_frame(img, [t3], 0.5, 1.0, ov), img)
+
+
+@pytest.mark.parametrize(
+    "sliver",
+    [[0, 30, 3, 50], [93, 30, 96, 50], [40, 0, 60, 2], [40, 70, 60, 72], [0, 0, 2, 2]],
+    ids=["left", "right", "top", "bottom", "corner"],
+)
+def test_numbers_on_border_slivers_stay_whole(sliver):
+    # An object entering or leaving is a few pixels at the border. Its number, centred on
+    # the sliver, would be cut in half; it is moved inside so all of it is drawn: as many
+    # pixels change as for the same number in the middle of the frame.
+    blank = np.full((H, W, 3), 128, np.uint8)
+    overlay = IdOverlay(style="number")
+
+    def changed(box) -> np.ndarray:
+        out = overlay.annotate(blank, np.array([7]), np.array([box], np.float32))
+        return (out != blank).any(axis=2)
+
+    middle, edge = changed([38, 26, 58, 46]), changed(sliver)
+    assert edge.sum() == middle.sum() > 0
+    ys, xs = np.nonzero(edge)
+    assert ys.min() > 0 and xs.min() > 0 and ys.max() < H - 1 and xs.max() < W - 1
