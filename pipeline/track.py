@@ -42,7 +42,8 @@ _BYTETRACK_KEYS = (
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    """ByteTrack parameters (defaults = Ultralytics' ``bytetrack.yaml``) and ID cleaning.
+    """ByteTrack parameters (defaults = Ultralytics' ``bytetrack.yaml``, with BoT-SORT's Kalman
+    state, see ``kalman``) and ID cleaning.
 
     Attributes:
         track_high_thresh: detections at or above this score join the first association.
