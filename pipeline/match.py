@@ -89,25 +89,41 @@ def match_targets(
     nearest observed frame within ``max_gap_s``) have a mask, box IoU elsewhere; it
     needs ``frame_hw`` (height, width) of the stored frames to decode the RLEs.
     """
+    return [
+        m for m, _, _ in _match_with_iou(query, tracks, max_gap_s, min_iou, use_masks, frame_hw)
+    ]
+
+
+def _match_with_iou(
+    query: QueryRecord,
+    tracks: Sequence[Track],
+    max_gap_s: float,
+    min_iou: float,
+    use_masks: bool,
+    frame_hw: tuple[int, int] | None,
+) -> list[tuple[TargetMatch, np.ndarray, np.ndarray]]:
+    """Per GT object: its match, the (T, M) IoU of every track and the valid-time mask."""
     if use_masks and frame_hw is None:
         raise ValueError("use_masks=True needs frame_hw=(height, width) to decode masks")
     ids = np.array([tr.id for tr in tracks], dtype=np.int64)
     out = []
     for gt in query.gt:
-        iou, _ = _iou_matrix(gt, tracks, max_gap_s, use_masks, frame_hw)
+        iou, valid = _iou_matrix(gt, tracks, max_gap_s, use_masks, frame_hw)
+        none = TargetMatch(gt.object, None, np.zeros(len(iou)), 0)
         if iou.size == 0:
-            out.append(TargetMatch(gt.object, None, np.zeros(len(iou)), 0))
+            out.append((none, iou, valid))
             continue
         best = iou.argmax(axis=1)  # (T,)
         voting = iou[np.arange(len(iou)), best] >= min_iou
         votes = np.bincount(best[voting], minlength=len(tracks))  # (M,)
         if votes.max() == 0:
-            out.append(TargetMatch(gt.object, None, np.zeros(len(iou)), 0))
+            out.append((none, iou, valid))
             continue
         # most votes, then larger summed IoU, then smaller ID
         key = np.lexsort((ids, -iou.sum(axis=0), -votes))
         m = int(key[0])
-        out.append(TargetMatch(gt.object, int(ids[m]), iou[:, m].copy(), int(votes[m])))
+        match = TargetMatch(gt.object, int(ids[m]), iou[:, m].copy(), int(votes[m]))
+        out.append((match, iou, valid))
     return out
 
 
@@ -164,13 +180,11 @@ def match_quality(
     if unmatched], "other_ids": [per object: other IDs seen on it], "distinct": bool,
     "match_iou": float}``.
     """
-    matches = match_targets(
-        query, tracks, max_gap_s=max_gap_s, min_iou=min_iou, use_masks=use_masks, frame_hw=frame_hw
-    )
+    per_object = _match_with_iou(query, tracks, max_gap_s, min_iou, use_masks, frame_hw)
+    matches = [m for m, _, _ in per_object]
     ids = np.array([tr.id for tr in tracks], dtype=np.int64)
     coverage, others = [], []
-    for gt, m in zip(query.gt, matches):
-        iou, valid = _iou_matrix(gt, tracks, max_gap_s, use_masks, frame_hw)
+    for gt, (m, iou, valid) in zip(query.gt, per_object):
         on = iou >= iou_thresh  # (T, M)
         others.append(sorted(int(i) for i in ids[on.any(axis=0) & (ids != m.track_id)]))
         if m.track_id is None or not len(on):
