@@ -11,6 +11,7 @@ detector batch at a time.
 
 from __future__ import annotations
 
+import functools
 import types
 from collections import Counter
 from collections.abc import Iterable
@@ -162,9 +163,11 @@ class _ByteTrackInput:
         return _ByteTrackInput(self.conf[index], self.cls[index], self.xywh[index])
 
 
-def _xywh_tracker(args):
+@functools.cache
+def _xywh_tracker_class() -> type:
     """Ultralytics' ``BYTETracker`` with BoT-SORT's XYWH Kalman state (and nothing else of
-    BoT-SORT: no camera-motion compensation, no appearance features)."""
+    BoT-SORT: no camera-motion compensation, no appearance features). Built on first use,
+    so importing this module does not import Ultralytics."""
     from ultralytics.trackers.bot_sort import BOTrack
     from ultralytics.trackers.byte_tracker import BYTETracker
     from ultralytics.trackers.utils.kalman_filter import KalmanFilterXYWH
@@ -178,7 +181,7 @@ def _xywh_tracker(args):
         def multi_predict(self, tracks: list) -> None:
             BOTrack.multi_predict(tracks)
 
-    return ByteTrackXYWH(args)
+    return ByteTrackXYWH
 
 
 class Tracker:
@@ -200,7 +203,8 @@ class Tracker:
 
         args = types.SimpleNamespace(**{k: getattr(self.config, k) for k in _BYTETRACK_KEYS})
         args.track_buffer = max(1, round(self.config.track_buffer * frame_rate / 30.0))
-        self._bytetrack = BYTETracker(args) if self.config.kalman == "xyah" else _xywh_tracker(args)
+        tracker_class = BYTETracker if self.config.kalman == "xyah" else _xywh_tracker_class()
+        self._bytetrack = tracker_class(args)
         self._last_time_s = -np.inf
         self._pending: dict[int, tuple[float, sv.Detections]] = {}
         self._births: list[tuple[float, sv.Detections]] = []
