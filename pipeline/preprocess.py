@@ -616,7 +616,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="process at most N videos (after sharding)")
     p.add_argument("--num-shards", type=int, default=1, help="split the dataset over N machines")
     p.add_argument("--shard-index", type=int, default=0, help="this machine's share, in [0, N)")
-    p.add_argument("--overwrite", action="store_true", help="delete existing shards in --out first")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete existing shards in --out first (without it, shards written with other "
+        "settings, another pipeline version or another detector file are refused)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
