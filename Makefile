@@ -65,11 +65,11 @@ DET_RUNS := data/runs/detector
 detector: $(STAMP)  ## retrain the committed synthetic detector: 3 stages, about 1 h on 2 CPU cores
 	$(PY) -m pipeline.synthetic --out data/raw/synthetic
 	$(PY) -m pipeline.synthetic --out data/raw/synthetic-det1200 --formats yolo --det-train 1200 --det-val 80
-	$(PY) -m pipeline.train_detector --epochs 30 --imgsz 192 \
+	$(PY) -m pipeline.synthetic.train_detector --epochs 30 --imgsz 192 \
 	  --out $(DET_RUNS)/stage1.pt --run-dir $(DET_RUNS)/stage1
-	$(PY) -m pipeline.train_detector --init $(DET_RUNS)/stage1.pt --epochs 20 --imgsz 320 \
+	$(PY) -m pipeline.synthetic.train_detector --init $(DET_RUNS)/stage1.pt --epochs 20 --imgsz 320 \
 	  --close-mosaic 10 --out $(DET_RUNS)/stage2.pt --run-dir $(DET_RUNS)/stage2
-	$(PY) -m pipeline.train_detector --data data/raw/synthetic-det1200/yolo/data.yaml \
+	$(PY) -m pipeline.synthetic.train_detector --data data/raw/synthetic-det1200/yolo/data.yaml \
 	  --init $(DET_RUNS)/stage2.pt --epochs 15 --imgsz 320 --close-mosaic 5 \
 	  --run-dir $(DET_RUNS)/stage3 $(ARGS)
 
@@ -103,7 +103,7 @@ demo: $(STAMP)  ## end to end on the synthetic default: data, preprocess, train,
 	$(PY) -m trainer.demo $(ARGS)
 
 figures: $(STAMP)  ## regenerate the README images from the synthetic shards
-	$(PY) -m pipeline.figures --out docs/img
+	$(PY) -m pipeline.views.figures --out docs/img
 
 clean:  ## remove generated data and runs (keeps .venv)
 	rm -rf data/raw/synthetic data/shards data/runs data/models/tiny-qwen2.5-vl outputs

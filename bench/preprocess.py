@@ -5,7 +5,7 @@
 Both sides start from the same mp4 and the same detector weights (same confidence
 threshold, 0.1, and input size) and decode with PyAV:
 - baseline: ``model.track(frame, persist=True, tracker="bytetrack.yaml")``, one call per frame;
-- pipeline: :class:`pipeline.preprocess.VideoProcessor` (batched detection, ByteTrack,
+- pipeline: :class:`pipeline.processor.VideoProcessor` (batched detection, ByteTrack,
   renumbering, matching, a second decode at out_fps, ID overlays, JPEG, one shard row).
 
 Speed: each side runs in ``--trials`` fresh processes, alternating; each process warms
@@ -89,7 +89,8 @@ _processor = None
 def pipeline_run(path: Path) -> tuple[int, float]:
     """The whole per-video pipeline; one processor (detector) per process."""
     global _processor
-    from pipeline.preprocess import PreprocessConfig, VideoProcessor
+    from pipeline.config import PreprocessConfig
+    from pipeline.processor import VideoProcessor
 
     if _processor is None:
         _processor = VideoProcessor(PreprocessConfig())
@@ -106,7 +107,8 @@ def _child(kind: str, path: str, runs: int, profile: bool) -> None:
     best = None
     if kind == "memory":  # load the model first, to see what one video adds on top
         global _processor
-        from pipeline.preprocess import PreprocessConfig, VideoProcessor
+        from pipeline.config import PreprocessConfig
+        from pipeline.processor import VideoProcessor
 
         _processor = VideoProcessor(PreprocessConfig())
     else:

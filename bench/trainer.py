@@ -42,8 +42,9 @@ PARTS = ("data", "grpo", "rollout")
 
 def build_shards(work: Path, *, num_videos: int = 4, duration_s: float = 4.0) -> Path:
     """Synthetic HC-STVG videos -> preprocessed shards in ``work/shards`` (reused if present)."""
+    from pipeline.config import PreprocessConfig
     from pipeline.datasets import iter_records, load_specs
-    from pipeline.preprocess import PreprocessConfig, run
+    from pipeline.preprocess import run
     from pipeline.runtime import configure_offline
     from pipeline.synthetic import generate
 
@@ -106,7 +107,7 @@ def bench_data(
     from tqdm import tqdm
 
     from trainer.data import GroundingDataset, fit_to_budget, sample_indices, video_inputs
-    from trainer.prompt import build_requests
+    from trainer.rollout import build_requests
 
     def dataset():  # a fresh one per run: no warm row cache or open files carried over
         return GroundingDataset(
@@ -263,7 +264,7 @@ def bench_rollout(shards: Path, model: str, cfg, *, num_prompts: int = 8) -> dic
 
     from trainer.data import GroundingDataset
     from trainer.policy import load_policy
-    from trainer.prompt import build_requests
+    from trainer.rollout import build_requests
     from trainer.rollout.hf import HFRolloutEngine
     from trainer.rollout.vllm import VLLMRolloutEngine
 

@@ -37,7 +37,7 @@ def resolve_weights(weights: str | Path | None) -> Path:
         if not path.exists():
             raise FileNotFoundError(
                 f"the default detector checkpoint {path} is missing; "
-                "train it with `make detector` (python -m pipeline.train_detector)"
+                "train it with `make detector` (python -m pipeline.synthetic.train_detector)"
             )
         return path
     given = Path(weights).expanduser()

@@ -22,7 +22,7 @@ from pipeline.records import VideoRecord
 from pipeline.shards import write_json_atomic
 
 if TYPE_CHECKING:
-    from pipeline.preprocess import PreprocessConfig
+    from pipeline.config import PreprocessConfig
 
 PART_PREFIX = "part"
 # underscore names: Arrow, pandas and HF datasets skip them when reading the folder

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.detect import Detector, default_weights
 from pipeline.geometry import box_iou
-from pipeline.synthetic_scene import SHAPES, make_scene
+from pipeline.synthetic import SHAPES, make_scene
 from pipeline.track import TrackerConfig, track_frames
 
 SEED = 20240611  # a scene not in the detector's training streams
@@ -163,7 +163,7 @@ def test_track_frames_follows_every_object(scene, monkeypatch):
 
 @pytest.mark.slow
 def test_train_detector_one_epoch_on_a_tiny_set(tmp_path):
-    from pipeline.train_detector import train
+    from pipeline.synthetic.train_detector import train
 
     # 8 train / 4 val frames of synthetic scenes with their YOLO labels.
     root = tmp_path / "yolo"

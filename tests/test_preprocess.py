@@ -22,15 +22,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.preprocess import (
-    FAILURES,
-    MANIFEST,
-    OutputConflictError,
-    PreprocessConfig,
-    main,
-    run,
-    select_records,
-)
+from pipeline.config import PreprocessConfig
+from pipeline.output import FAILURES, MANIFEST, OutputConflictError, select_records
+from pipeline.preprocess import main, run
 from pipeline.runtime import REPO_ROOT
 from pipeline.shards import SCHEMA
 
@@ -263,7 +257,7 @@ def test_select_records_partitions_stably():
 
 
 def test_shards_cover_the_videos_once(reference, records, tmp_path):
-    from pipeline.preprocess import shard_of
+    from pipeline.output import shard_of
 
     out = tmp_path / "shards"
     # the 4 ids hash to shards [1, 1, 0, 2] of 3, so every share is non-empty
@@ -292,7 +286,7 @@ def test_config_change_is_refused_unless_overwrite(
     assert code == 2 and "other settings" in capsys.readouterr().err
 
     # a pipeline version that writes other rows for the same settings: refused
-    from pipeline import preprocess as pp
+    from pipeline import config as pp
 
     assert json.loads((out / MANIFEST).read_text())["identity"]["output_version"] == 2
     monkeypatch.setattr(pp, "OUTPUT_VERSION", 3)
@@ -428,7 +422,7 @@ def test_a_killed_worker_fails_its_videos_and_the_run_goes_on(reference, records
     import multiprocessing as mp
     import threading
 
-    from pipeline.preprocess import WORKER_DIED
+    from pipeline.workers import WORKER_DIED
 
     out = tmp_path / "shards"
     killed: list[int] = []

@@ -14,7 +14,6 @@ from pycocotools import mask as mask_utils
 
 from pipeline.synthetic import (
     SHAPES,
-    VIDEO_SPLITS,
     Desc,
     Event,
     Query,
@@ -22,22 +21,22 @@ from pipeline.synthetic import (
     SceneObject,
     generate,
     hcstvg_entry,
-    main,
     make_scene,
     resolve,
     scene_seed,
     video_id,
 )
-from pipeline.synthetic_expr import Expression
-from pipeline.synthetic_scene import (
+from pipeline.synthetic.__main__ import main
+from pipeline.synthetic.expressions import Expression
+from pipeline.synthetic.motion import derive_events, pass_events
+from pipeline.synthetic.scene import (
     Scene,
     Segment,
     boxes_from_masks,
-    derive_events,
     make_stamp,
-    pass_events,
     render_masks,
 )
+from pipeline.synthetic.writer import VIDEO_SPLITS
 
 # pycocotools' decode trips numpy 2's copy= deprecation on every call; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

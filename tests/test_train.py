@@ -69,8 +69,7 @@ def test_learning_signal_on_easy_reward(mini_demo):
     from trainer.data import GroundingDataset
     from trainer.grpo import group_advantages, grpo_loss
     from trainer.policy import completion_logprobs, load_policy
-    from trainer.prompt import build_requests
-    from trainer.rollout import make_engine
+    from trainer.rollout import build_requests, make_engine
 
     torch.manual_seed(0)
     model, processor = load_policy(str(mini_demo["data"] / "models" / "tiny-qwen2.5-vl"))

@@ -44,8 +44,10 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Run every step; ``data_dir`` holds raw data, shards and the tiny model."""
+    from pipeline.config import PreprocessConfig
     from pipeline.datasets import iter_records, load_specs
-    from pipeline.preprocess import OutputConflictError, PreprocessConfig, run
+    from pipeline.output import OutputConflictError
+    from pipeline.preprocess import run
     from pipeline.synthetic import generate
     from trainer.config import load_config
     from trainer.evaluate import BASELINES, evaluate, markdown_table

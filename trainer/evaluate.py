@@ -280,8 +280,8 @@ def _model_answers(model, items, *, template, rollout, max_new_tokens, fps, max_
 
     from trainer.data import make_sample
     from trainer.policy import load_policy, resolve_device
-    from trainer.prompt import build_requests, parse_answer
-    from trainer.rollout import make_engine
+    from trainer.prompt import parse_answer
+    from trainer.rollout import build_requests, make_engine
 
     device = resolve_device("auto")
     policy, processor = load_policy(str(model), device=device)

@@ -115,14 +115,15 @@ def predict(
     before any model is loaded.
     """
 
-    from pipeline.preprocess import PreprocessConfig, VideoProcessor
+    from pipeline.config import PreprocessConfig
+    from pipeline.processor import VideoProcessor
     from pipeline.shards import row_to_video
     from pipeline.video_io import write_mp4
     from trainer.config import inference_settings
     from trainer.data import make_sample
     from trainer.policy import load_policy, resolve_device
-    from trainer.prompt import build_requests, parse_answer
-    from trainer.rollout import make_engine
+    from trainer.prompt import parse_answer
+    from trainer.rollout import build_requests, make_engine
 
     record = video_record(video_path, query)
     config = PreprocessConfig(weights=weights, classes=tuple(classes) if classes else None,

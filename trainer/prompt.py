@@ -419,21 +419,3 @@ def format_answer(
         payload = f"{label}: {', '.join(map(str, id_list))}, Time range: {float(start_s):.2f} to {float(end_s):.2f}"
     head = f"<think>{think}</think>" if tpl.think else ""
     return f"{head}<answer>{payload}</answer>"
-
-
-def build_requests(samples, processor, template: str = "json") -> list:
-    """Rollout requests for :class:`trainer.data.GroundingSample` objects: the rendered chat
-    prompt (one video placeholder) with the sample's frames and frame rate."""
-    from trainer.rollout import RolloutRequest
-
-    return [
-        RolloutRequest(
-            prompt=render_prompt(
-                processor,
-                build_messages(s.query.text, duration_s=s.duration_s, template=template, fps=s.fps),
-            ),
-            frames=s.frames,
-            fps=s.fps,
-        )
-        for s in samples
-    ]

@@ -45,9 +45,14 @@ def cold_start(
     from tqdm import tqdm
 
     from trainer.data import GroundingDataset
-    from trainer.policy import completion_logprobs, load_policy, resolve_device, save_model
-    from trainer.prompt import build_requests
-    from trainer.train import seed_everything
+    from trainer.policy import (
+        completion_logprobs,
+        load_policy,
+        resolve_device,
+        save_model,
+        seed_everything,
+    )
+    from trainer.rollout import build_requests
 
     seed_everything(cfg.seed)
     model, processor = load_policy(

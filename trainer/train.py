@@ -60,12 +60,6 @@ class PromptSampler:
         return out
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _rng_state() -> dict:
     state = {
         "python": random.getstate(),
@@ -147,10 +141,15 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = T
 
     from trainer.data import GroundingDataset
     from trainer.grpo import group_advantages, grpo_loss, truncated_is_weights
-    from trainer.policy import completion_logprobs, load_policy, resolve_device, save_model
-    from trainer.prompt import build_requests
+    from trainer.policy import (
+        completion_logprobs,
+        load_policy,
+        resolve_device,
+        save_model,
+        seed_everything,
+    )
     from trainer.rewards import TaskReward
-    from trainer.rollout import make_engine
+    from trainer.rollout import build_requests, make_engine
 
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

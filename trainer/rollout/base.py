@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from trainer.data import check_video_prompt
+from trainer.prompt import build_messages, render_prompt
 
 FINISH_REASONS = ("stop", "length")
 
@@ -119,14 +120,17 @@ def check_sampling(
         raise ValueError(f"need 0 < top_p <= 1 and temperature >= 0, got {top_p}, {temperature}")
 
 
-def make_engine(name: str, model, processor, **kwargs) -> RolloutEngine:
-    """``"hf"`` -> HFRolloutEngine(model, processor, **kwargs); ``"vllm"`` -> VLLMRolloutEngine."""
-    if name == "hf":
-        from trainer.rollout.hf import HFRolloutEngine
-
-        return HFRolloutEngine(model, processor, **kwargs)
-    if name == "vllm":
-        from trainer.rollout.vllm import VLLMRolloutEngine
-
-        return VLLMRolloutEngine.from_policy(model, processor, **kwargs)
-    raise ValueError(f"unknown rollout engine {name!r}: use 'hf' or 'vllm'")
+def build_requests(samples, processor, template: str = "json") -> list:
+    """Rollout requests for :class:`trainer.data.GroundingSample` objects: the rendered chat
+    prompt (one video placeholder) with the sample's frames and frame rate."""
+    return [
+        RolloutRequest(
+            prompt=render_prompt(
+                processor,
+                build_messages(s.query.text, duration_s=s.duration_s, template=template, fps=s.fps),
+            ),
+            frames=s.frames,
+            fps=s.fps,
+        )
+        for s in samples
+    ]

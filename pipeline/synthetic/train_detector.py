@@ -8,7 +8,7 @@ settings beside it (``synthetic-yolo11n.json``; a fine-tuned model's record nest
 record of the checkpoint it started from). It is the detector used wherever real YOLO
 weights are not named. The committed one took three runs (``make detector`` repeats
 them): 30 epochs from scratch at 192 px on 400 images, 20 more at 320 px, then 15 at
-320 px on 1,200 images from 150 scenes. Run ``python -m pipeline.train_detector --help``.
+320 px on 1,200 images from 150 scenes. Run ``python -m pipeline.synthetic.train_detector --help``.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def _read_metrics(checkpoint: Path | None) -> dict | None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
-        prog="python -m pipeline.train_detector",
+        prog="python -m pipeline.synthetic.train_detector",
         description="Train the small YOLO detector (yolo11n, random init) on the synthetic set.",
     )
     ap.add_argument(

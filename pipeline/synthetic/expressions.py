@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.synthetic_scene import (
+from pipeline.synthetic.scene import (
     Event,
     SceneConfig,
     SceneObject,

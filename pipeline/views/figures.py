@@ -18,8 +18,8 @@ def make_figures(shards: Path, out: Path, video_index: int = 0) -> list[Path]:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from pipeline.inspect import plot_timeline
     from pipeline.shards import read_videos
+    from pipeline.views.shard_views import plot_timeline
 
     videos = list(read_videos(shards))
     if not videos:
@@ -37,7 +37,7 @@ def make_figures(shards: Path, out: Path, video_index: int = 0) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.figures", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m pipeline.views.figures", description=__doc__)
     p.add_argument("--shards", type=Path, default=DATA_DIR / "shards" / "synthetic" / "train")
     p.add_argument("--out", type=Path, default=Path("docs/img"))
     p.add_argument("--video-index", type=int, default=0)

@@ -1,0 +1,188 @@
+"""Preprocessing settings: :class:`PreprocessConfig`, one dataclass whose fields are the CLI's
+flags, and the folder identity derived from it (:data:`OUTPUT_VERSION`, the detector's hash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.overlay import STYLES as OVERLAY_STYLES
+from pipeline.track import KALMAN_STATES
+
+
+def _opt(default, help: str, **cli):
+    """A config field with its command-line help (and argparse extras such as ``type``)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Settings that change what is written (hashed into the manifest; each is a CLI flag).
+
+    ``conf`` is the detector's threshold, i.e. the lowest score ByteTrack sees. It is
+    ByteTrack's ``track_low_thresh`` (0.1, as in Ultralytics' ``model.track``), so that
+    low-score boxes (objects entering, leaving or half hidden) extend existing tracks in
+    ByteTrack's second association; new tracks still need a score of 0.25. With
+    ``fuse_score`` (IoU multiplied by the detection score in the first association) a
+    well-overlapping box of a partly visible object fails the cost threshold and its
+    track breaks into a new ID, so it is off. NMS is class-agnostic at IoU 0.5, the
+    Kalman state is XYWH, and tracks are continued to the frame border and cleaned of
+    duplicates (see :class:`pipeline.track.TrackerConfig`).
+    (README's right-IDs table holds the measured effect of these choices.)
+    """
+
+    weights: str | None = _opt(
+        None,
+        "YOLO weights: a name such as yolo11x.pt / yolo11x-seg.pt (put it in data/models/) "
+        "or a path; default: the committed synthetic detector",
+    )
+    conf: float = _opt(
+        0.1,
+        "detector threshold = the lowest score ByteTrack sees (0.1-0.25 boxes only extend "
+        "tracks; new tracks need 0.25)",
+        type=float,
+    )
+    nms_iou: float = _opt(0.5, "detector NMS IoU threshold", type=float)
+    agnostic_nms: bool = _opt(
+        True,
+        "NMS across classes: one box per object, so a half-confused object (a circle also "
+        "scored as a square) does not get two tracks and two IDs",
+        action=argparse.BooleanOptionalAction,
+    )
+    classes: tuple[str, ...] | None = _opt(
+        None, "keep only these detector classes (names or ids), e.g. person", nargs="+"
+    )
+    imgsz: int | None = _opt(None, "detector input size (default: the checkpoint's)", type=int)
+    batch_size: int = _opt(16, "frames per detector call", type=int)
+    track_fps: float | None = _opt(
+        None, "rate at which frames are detected and tracked (default: native)", type=float
+    )
+    out_fps: float = _opt(2.0, "rate of the stored, overlaid frames", type=float)
+    max_side: int | None = _opt(
+        640, "shrink frames so the longer side is at most this (0: keep)", type=int
+    )
+    min_track_frames: int = _opt(3, "drop tracks observed in fewer frames", type=int)
+    max_gap_s: float = _opt(
+        0.5, "interpolate a track's box across gaps up to this long", type=float
+    )
+    overlay_style: str = _opt("number", "how IDs are drawn", choices=OVERLAY_STYLES)
+    jpeg_quality: int = _opt(90, "JPEG quality of the stored frames", type=int)
+    min_match_iou: float = _opt(
+        0.3, "GT frames whose best track IoU is below this do not vote", type=float
+    )
+    match_thresh: float = _opt(
+        0.8, "ByteTrack first-association cost threshold (1 - IoU)", type=float
+    )
+    track_buffer: int = _opt(
+        30, "ByteTrack: frames (at 30 fps) a lost track waits to be found again", type=int
+    )
+    fuse_score: bool = _opt(
+        False,
+        "ByteTrack: multiply IoU by the detection score in the first association",
+        action=argparse.BooleanOptionalAction,
+    )
+    kalman: str = _opt(
+        "xywh",
+        "ByteTrack's Kalman state: xywh (BoT-SORT's; keeps the ID of objects entering or "
+        "leaving the frame) or xyah (ByteTrack's original)",
+        choices=KALMAN_STATES,
+    )
+    duplicate_iou: float = _opt(
+        0.5,
+        "drop a track lying on a longer same-class track at IoU >= this on 60%% of its "
+        "frames (a second ID on one object; 0: keep all)",
+        type=float,
+    )
+    edge_extend_s: float = _opt(
+        1.0,
+        "continue a track that leaves (enters) through the frame border at its velocity, "
+        "clipped to the frame, until it is gone, at most this long (0: off)",
+        type=float,
+    )
+
+    def __post_init__(self):
+        problems = []
+        if not 0.0 <= self.conf <= 1.0:
+            problems.append(f"conf must be in [0, 1], got {self.conf}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.track_fps is not None and not self.track_fps > 0:
+            problems.append(f"track_fps must be > 0 or None, got {self.track_fps}")
+        if not self.out_fps > 0:
+            problems.append(f"out_fps must be > 0, got {self.out_fps}")
+        if self.max_side is not None and self.max_side < 2:
+            problems.append(f"max_side must be >= 2 or None, got {self.max_side}")
+        if self.min_track_frames < 1 or self.track_buffer < 0:
+            problems.append(
+                f"min_track_frames must be >= 1 and track_buffer >= 0, got "
+                f"{self.min_track_frames} and {self.track_buffer}"
+            )
+        if self.max_gap_s < 0 or self.edge_extend_s < 0:
+            problems.append(
+                f"max_gap_s and edge_extend_s must be >= 0, got {self.max_gap_s} and "
+                f"{self.edge_extend_s}"
+            )
+        if not (0.0 <= self.nms_iou <= 1.0 and 0.0 <= self.duplicate_iou <= 1.0):
+            problems.append(
+                f"nms_iou ({self.nms_iou}) and duplicate_iou ({self.duplicate_iou}) must be "
+                "in [0, 1]"
+            )
+        if self.kalman not in KALMAN_STATES:
+            problems.append(f"kalman must be one of {KALMAN_STATES}, got {self.kalman!r}")
+        if self.overlay_style not in OVERLAY_STYLES:
+            problems.append(
+                f"overlay_style must be one of {OVERLAY_STYLES}, got {self.overlay_style!r}"
+            )
+        if not 1 <= self.jpeg_quality <= 100:
+            problems.append(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if not 0.0 <= self.min_match_iou <= 1.0 or not 0.0 <= self.match_thresh <= 1.0:
+            problems.append(
+                f"min_match_iou ({self.min_match_iou}) and match_thresh ({self.match_thresh}) "
+                "must be in [0, 1]"
+            )
+        if problems:
+            raise ValueError("PreprocessConfig: " + "; ".join(problems))
+
+    def identity(self) -> dict:
+        """Everything that decides the rows: the settings, :data:`OUTPUT_VERSION` and the
+        detector file's SHA-256 (``weights`` None names whatever checkpoint is committed)."""
+        from pipeline.detect import resolve_weights
+
+        settings = json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        return {
+            **settings,
+            "output_version": OUTPUT_VERSION,
+            "weights_sha256": _file_digest(resolve_weights(self.weights)),
+        }
+
+    def hash(self) -> str:
+        """Hash of :meth:`identity`: a shard folder only ever holds rows of one identity."""
+        blob = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+OUTPUT_VERSION = 2
+"""Bumped whenever a code change alters the rows written for the same settings, so that
+a resumed run never mixes rows of two pipeline versions (2: agnostic NMS, tracks continued
+to the frame border, duplicate tracks dropped, XYWH Kalman state, numbers kept inside
+the frame)."""
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    return _digest(path.resolve(), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: Path, mtime_ns: int, size: int) -> str:  # keyed on the file's state
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

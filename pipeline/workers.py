@@ -1,0 +1,100 @@
+"""Running a :class:`~pipeline.processor.VideoProcessor` over many videos: in this process, or
+in a pool of worker processes that survives a worker's death. Both yield one
+:data:`Result` per video, in completion order; an exception inside a video is a result,
+never a crash of the run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+from pipeline.config import PreprocessConfig
+from pipeline.processor import VideoProcessor
+from pipeline.records import VideoRecord
+
+Result = tuple[str, dict | None, dict | None, str | None]  # video_id, row, stats, error
+_worker: VideoProcessor | None = None  # one per worker process
+
+
+def _process(processor: VideoProcessor, record: VideoRecord) -> Result:
+    try:
+        row, stats = processor(record)
+        return record.video_id, row, stats, None
+    except Exception as exc:  # recorded per video; the run goes on
+        return record.video_id, None, None, f"{type(exc).__name__}: {exc}"
+
+
+def _init_worker(config: PreprocessConfig, threads: int) -> None:
+    global _worker
+    import torch
+
+    torch.set_num_threads(threads)
+    _worker = VideoProcessor(config)
+
+
+def _run_one(record: VideoRecord) -> Result:
+    assert _worker is not None, "_init_worker did not run in this process"
+    return _process(_worker, record)
+
+
+def run_serial(todo: Sequence[VideoRecord], config: PreprocessConfig) -> Iterator[Result]:
+    processor = VideoProcessor(config)  # released when the run ends
+    for record in todo:
+        yield _process(processor, record)
+
+
+WORKER_DIED = (
+    "WorkerDied: the worker process died while processing this video or one processed "
+    "alongside it (killed, or out of memory?)"
+)
+
+
+def run_parallel(
+    todo: Sequence[VideoRecord], config: PreprocessConfig, workers: int
+) -> Iterator[Result]:
+    """Results in completion order from ``workers`` processes, one video in flight per
+    worker. A worker that dies (killed, out of memory) fails the videos then in flight
+    (a rerun retries them) and the pool is restarted for the rest; a plain
+    ``multiprocessing.Pool`` would wait for the lost video forever."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    queue = list(reversed(todo))
+    fruitless = 0  # consecutive pools that broke before returning anything
+    while queue:
+        pool = ProcessPoolExecutor(
+            workers, mp.get_context("spawn"), initializer=_init_worker, initargs=(config, threads)
+        )
+        running: dict = {}  # future -> record
+        returned, broken = 0, False
+        try:
+            while (queue or running) and not broken:
+                while queue and len(running) < workers:
+                    record = queue.pop()
+                    running[pool.submit(_run_one, record)] = record
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        continue
+                    del running[fut]
+                    returned += 1
+                    yield result
+        finally:
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()  # Ctrl-C or an error: do not wait for running videos
+            pool.shutdown(wait=True, cancel_futures=True)
+        if broken:
+            fruitless = 0 if returned else fruitless + 1
+            if fruitless >= 2:
+                raise RuntimeError(
+                    "the worker processes keep dying before finishing any video; "
+                    "run with --workers 1 to see the error"
+                )
+            for record in running.values():
+                yield record.video_id, None, None, WORKER_DIED
