@@ -1,10 +1,13 @@
 """Training config: every shipped YAML loads, overrides coerce, bad values explain themselves."""
 
 import argparse
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.runtime import REPO_ROOT
 from trainer.config import (
@@ -18,7 +21,8 @@ from trainer.config import (
     main,
 )
 
-CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+# Every trainer config, at any depth; configs/accelerate/ holds Accelerate's own launch files.
+CONFIGS = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if "accelerate" not in p.parts)
 
 
 def test_the_shipped_configs_exist():
@@ -128,6 +132,23 @@ def test_unknown_keys_name_the_closest(override, message):
         load_config(None, [override])
 
 
+def test_a_yaml_value_of_the_wrong_shape_names_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("fps: [1, 2]\n")
+    with pytest.raises(
+        ValueError, match=r"c.yaml: config key 'fps': cannot read \[1, 2\] as float"
+    ):
+        load_config(path)
+    path.write_text("learning_rate: 1e-5\nscale_rewards: no\nreport_to: [jsonl]\nmax_steps: 3\n")
+    cfg = load_config(path)  # YAML 1.1 reads 1e-5 as a string and `no` as False
+    assert (cfg.learning_rate, cfg.scale_rewards, cfg.report_to, cfg.max_steps) == (
+        1e-5,
+        False,
+        ["jsonl"],
+        3,
+    )
+
+
 def test_unknown_key_in_a_yaml_section(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("lora:\n  rank: 8\n")
@@ -138,10 +159,11 @@ def test_unknown_key_in_a_yaml_section(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("max_steps=ten", "config key 'max_steps': cannot read 'ten' as int"),
-        ("max_steps=2.5", "cannot read '2.5' as int"),
-        ("scale_rewards=maybe", "cannot read 'maybe' as bool"),
-        ("learning_rate=fast", "cannot read 'fast' as float"),
+        ("max_steps=ten", "--set: config key 'max_steps': invalid int value: 'ten'"),
+        ("max_steps=2.5", "config key 'max_steps': invalid int value: '2.5'"),
+        ("scale_rewards=maybe", "config key 'scale_rewards': Truthy value expected: got maybe"),
+        ("learning_rate=fast", "config key 'learning_rate': invalid float value: 'fast'"),
+        ("fps=[1, 2]", r"config key 'fps': invalid float value: '\[1, 2\]'"),
         ("noequals", "is not KEY=VALUE"),
     ],
 )
@@ -242,3 +264,18 @@ def test_config_module_cli(capsys):
     )
     assert main(["--config", str(Path("configs") / "tiny_synthetic.yaml"), "--set", "seed=7"]) == 0
     assert "seed: 7" in capsys.readouterr().out
+
+
+def test_config_module_runs_as_a_script():
+    # `python -m trainer.config` runs the module as __main__: everything main() needs must be
+    # defined before the `if __name__ == "__main__"` block (it once raised NameError).
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer.config", "--config", "configs/tiny_synthetic.yaml"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    shown = TrainConfig.from_dict(yaml.safe_load(out.stdout))
+    assert shown == load_config(REPO_ROOT / "configs/tiny_synthetic.yaml")
