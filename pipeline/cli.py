@@ -87,13 +87,16 @@ def _hf_parser(cls: type, title: str | None, choices: bool) -> argparse.Argument
         cls.__name__, specs, namespace={"_argument_group_name": title} if title else None
     )
     parser = Parser(shadow, add_help=False)
+    for action in parser._actions:  # HfArgumentParser repeats the field's help on --no_X
+        if action.option_strings and action.option_strings[0].startswith("--no_"):
+            action.help, action.default = f"sets {action.dest} to false", argparse.SUPPRESS
     for f in dataclasses.fields(cls):  # HfArgumentParser only adds --no-X to fields defaulting True
         if hints.get(f.name) is bool and f.default is False:
             parser.add_argument(
                 f"--no-{f.name.replace('_', '-')}",
                 dest=f.name,
                 action="store_false",
-                default=False,
+                default=argparse.SUPPRESS,
                 help=argparse.SUPPRESS,
             )
     return parser

@@ -279,3 +279,59 @@ def test_config_module_runs_as_a_script():
     assert out.returncode == 0, out.stderr
     shown = TrainConfig.from_dict(yaml.safe_load(out.stdout))
     assert shown == load_config(REPO_ROOT / "configs/tiny_synthetic.yaml")
+
+
+# ---------------------------------------------------------------- preprocessing flags
+
+
+def test_preprocess_flags_come_from_the_config_fields():
+    from pipeline.config import PreprocessConfig
+    from pipeline.preprocess import build_parser
+    from pipeline.preprocess import config_from_args as preprocess_config
+
+    parser = build_parser()
+    assert preprocess_config(parser.parse_args(["--dataset", "x"])) == PreprocessConfig()
+    args = parser.parse_args(
+        ["--dataset", "x", "--conf", "0.2", "--no-agnostic-nms", "--fuse-score",
+         "--classes", "person", "car", "--max-side", "0", "--kalman", "xyah",
+         "--num-shards", "4", "--shard-index", "1"]
+    )  # fmt: skip
+    cfg = preprocess_config(args)
+    assert (cfg.conf, cfg.agnostic_nms, cfg.fuse_score, cfg.classes, cfg.max_side, cfg.kalman) == (
+        0.2,
+        False,
+        True,
+        ("person", "car"),  # a tuple, as the frozen config hashes it
+        None,  # --max-side 0 keeps the frames' size
+        "xyah",
+    )
+    assert (args.num_shards, args.shard_index) == (4, 1)
+    again = parser.parse_args(["--dataset", "x", "--agnostic-nms", "false", "--no-fuse-score"])
+    assert not preprocess_config(again).agnostic_nms and not preprocess_config(again).fuse_score
+    assert preprocess_config(parser.parse_args(["--dataset", "x"]), ["person"]).classes == (
+        "person",
+    )  # the dataset's classes when --classes is not given
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dataset", "x", "--kalman", "abc"])  # not one of the choices
+
+
+def test_mapping_reader_on_a_frozen_config_with_tuples_and_optionals():
+    from pipeline.cli import UnknownConfigKey, from_mapping
+    from pipeline.config import PreprocessConfig
+
+    cfg = from_mapping(
+        PreprocessConfig,
+        {"classes": "person,car", "imgsz": "null", "max_side": 320, "fuse_score": "yes"},
+    )
+    assert (cfg.classes, cfg.imgsz, cfg.max_side, cfg.fuse_score) == (
+        ("person", "car"),
+        None,
+        320,
+        True,
+    )
+    with pytest.raises(
+        UnknownConfigKey, match="unknown config key 'nms_iuo'; did you mean 'nms_iou'"
+    ):
+        from_mapping(PreprocessConfig, {"nms_iuo": 0.3})
+    with pytest.raises(ValueError, match=r"PreprocessConfig: conf must be in \[0, 1\], got 1.5"):
+        from_mapping(PreprocessConfig, {"conf": "1.5"})
