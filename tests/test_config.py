@@ -264,6 +264,10 @@ def test_config_module_cli(capsys):
     )
     assert main(["--config", str(Path("configs") / "tiny_synthetic.yaml"), "--set", "seed=7"]) == 0
     assert "seed: 7" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["--set", "max_steps=ten"])
+    assert exit_.value.code == 2
+    assert "--set: config key 'max_steps': invalid int value: 'ten'" in capsys.readouterr().err
 
 
 def test_config_module_runs_as_a_script():

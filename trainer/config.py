@@ -285,6 +285,7 @@ class TrainConfig:
 
 
 def _check(c: TrainConfig) -> list[str]:
+    """Every problem of ``c``, each stating the values (empty: valid)."""
     p: list[str] = []
     for f in fields(c):
         choices = f.metadata.get("choices")
@@ -333,6 +334,12 @@ def _check(c: TrainConfig) -> list[str]:
         )
     if c.beta < 0:
         p.append(f"beta={c.beta} must be >= 0")
+    return p + _check_setup(c)
+
+
+def _check_setup(c: TrainConfig) -> list[str]:
+    """Rewards, device, LoRA, vLLM, checkpoints and metric sinks."""
+    p: list[str] = []
     weights = c.reward_weights()
     if any(not math.isfinite(w) or w < 0 for w in weights.values()):
         p.append(f"reward weights must be finite and >= 0, got {weights}")
@@ -491,7 +498,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         print(describe_fields())
         return 0
-    print(config_from_args(args).to_yaml(), end="")
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))  # exits 2 with the message, no traceback
+    print(cfg.to_yaml(), end="")
     return 0
 
 
