@@ -64,7 +64,7 @@ def _hf_parser(cls: type, title: str | None, choices: bool) -> argparse.Argument
     from transformers import HfArgumentParser
 
     class Parser(HfArgumentParser):
-        def error(self, message: str):  # a library call raises; main() turns it into exit 2
+        def error(self, message: str):  # read_values names the source; parents keep exit 2
             raise ValueError(message)
 
     hints = typing.get_type_hints(cls)
@@ -73,10 +73,8 @@ def _hf_parser(cls: type, title: str | None, choices: bool) -> argparse.Argument
         if not f.init:
             continue
         meta = {k: v for k, v in f.metadata.items() if k not in _IMPLIED}
-        if not choices:
-            meta.pop(
-                "choices", None
-            )  # left to the dataclass's own checks, which list every problem
+        if not choices:  # left to the dataclass's own checks, which list every problem at once
+            meta.pop("choices", None)
         default = (
             {"default": f.default}
             if f.default is not dataclasses.MISSING
