@@ -17,7 +17,9 @@ from pipeline.track import KALMAN_STATES
 
 
 def _opt(default, help: str, **cli):
-    """A config field with its command-line help (and argparse extras such as ``type``)."""
+    """A config field with its command-line help. Of the argparse extras, ``choices`` and
+    ``metavar`` are used; ``type``, ``nargs`` and ``action`` follow from the annotation
+    (:mod:`pipeline.cli`), so passing them changes nothing."""
     return field(default=default, metadata={"help": help, **cli})
 
 

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.cli import flag_parser
 from pipeline.config import PreprocessConfig
 from pipeline.output import (
     FAILURES,
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Read the shards with pandas.read_parquet(<out>) or "
         'datasets.load_dataset("parquet", data_files="<out>/*.parquet").',
         formatter_class=_HelpFormatter,
+        parents=[flag_parser(PreprocessConfig, "settings (hashed into the manifest)")],
     )
     p.add_argument(
         "--dataset",
@@ -215,8 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, help="output folder (default: data/shards/<dataset>/<split>)"
     )
-    for f in dataclasses.fields(PreprocessConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", default=f.default, **f.metadata)
     p.add_argument(
         "--workers", type=int, default=1, help="parallel worker processes (each loads the detector)"
     )

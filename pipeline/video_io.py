@@ -19,9 +19,11 @@ def write_mp4(
 ) -> Path:
     """Encode RGB frames (H, W, 3) uint8 into an H.264/yuv420p mp4 playable in browsers.
 
-    Odd sizes are padded by one pixel (yuv420p needs even sides). With ``threads=1``
-    and fixed options the output bytes are reproducible. Written to a temp file and
-    renamed, so a crash never leaves a half-written video at ``path``.
+    Odd sizes are padded by one pixel (yuv420p needs even sides). With ``threads=1`` the
+    same frames give the same bytes: the muxer is bit-exact and x264's macroblock-tree
+    rate control, which gave different bytes from call to call even on one thread, is off.
+    Written to a temp file and renamed, so a crash never leaves a half-written video at
+    ``path``.
     """
     import av
 
@@ -32,12 +34,11 @@ def write_mp4(
     n = 0
     try:
         # faststart is a muxer option: the index goes first, so browsers play while loading
-        with av.open(
-            str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}
-        ) as container:
+        options = {"movflags": "+faststart", "fflags": "+bitexact"}
+        with av.open(str(tmp), mode="w", format="mp4", options=options) as container:
             stream = None
-            for frame in frames_rgb:
-                img = np.asarray(frame, dtype=np.uint8)
+            for rgb in frames_rgb:
+                img = np.asarray(rgb, dtype=np.uint8)
                 h, w = img.shape[:2]
                 if h % 2 or w % 2:
                     img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
@@ -49,9 +50,12 @@ def write_mp4(
                     stream.options = {
                         "crf": str(crf),
                         "preset": "veryfast",
-                        "movflags": "+faststart",
+                        "threads": str(threads),
+                        "x264-params": "no-mbtree=1",
                     }
-                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                frame.pts, frame.time_base = n, 1 / rate
+                for packet in stream.encode(frame):
                     container.mux(packet)
                 n += 1
             if stream is None:

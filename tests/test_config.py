@@ -1,10 +1,13 @@
 """Training config: every shipped YAML loads, overrides coerce, bad values explain themselves."""
 
 import argparse
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.runtime import REPO_ROOT
 from trainer.config import (
@@ -18,7 +21,8 @@ from trainer.config import (
     main,
 )
 
-CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+# Every trainer config, at any depth; configs/accelerate/ holds Accelerate's own launch files.
+CONFIGS = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if "accelerate" not in p.parts)
 
 
 def test_the_shipped_configs_exist():
@@ -128,6 +132,23 @@ def test_unknown_keys_name_the_closest(override, message):
         load_config(None, [override])
 
 
+def test_a_yaml_value_of_the_wrong_shape_names_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("fps: [1, 2]\n")
+    with pytest.raises(
+        ValueError, match=r"c.yaml: config key 'fps': cannot read \[1, 2\] as float"
+    ):
+        load_config(path)
+    path.write_text("learning_rate: 1e-5\nscale_rewards: no\nreport_to: [jsonl]\nmax_steps: 3\n")
+    cfg = load_config(path)  # YAML 1.1 reads 1e-5 as a string and `no` as False
+    assert (cfg.learning_rate, cfg.scale_rewards, cfg.report_to, cfg.max_steps) == (
+        1e-5,
+        False,
+        ["jsonl"],
+        3,
+    )
+
+
 def test_unknown_key_in_a_yaml_section(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("lora:\n  rank: 8\n")
@@ -138,10 +159,11 @@ def test_unknown_key_in_a_yaml_section(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("max_steps=ten", "config key 'max_steps': cannot read 'ten' as int"),
-        ("max_steps=2.5", "cannot read '2.5' as int"),
-        ("scale_rewards=maybe", "cannot read 'maybe' as bool"),
-        ("learning_rate=fast", "cannot read 'fast' as float"),
+        ("max_steps=ten", "--set: config key 'max_steps': invalid int value: 'ten'"),
+        ("max_steps=2.5", "config key 'max_steps': invalid int value: '2.5'"),
+        ("scale_rewards=maybe", "config key 'scale_rewards': Truthy value expected: got maybe"),
+        ("learning_rate=fast", "config key 'learning_rate': invalid float value: 'fast'"),
+        ("fps=[1, 2]", r"config key 'fps': invalid float value: '\[1, 2\]'"),
         ("noequals", "is not KEY=VALUE"),
     ],
 )
@@ -242,3 +264,78 @@ def test_config_module_cli(capsys):
     )
     assert main(["--config", str(Path("configs") / "tiny_synthetic.yaml"), "--set", "seed=7"]) == 0
     assert "seed: 7" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["--set", "max_steps=ten"])
+    assert exit_.value.code == 2
+    assert "--set: config key 'max_steps': invalid int value: 'ten'" in capsys.readouterr().err
+
+
+def test_config_module_runs_as_a_script():
+    # `python -m trainer.config` runs the module as __main__: everything main() needs must be
+    # defined before the `if __name__ == "__main__"` block (it once raised NameError).
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer.config", "--config", "configs/tiny_synthetic.yaml"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    shown = TrainConfig.from_dict(yaml.safe_load(out.stdout))
+    assert shown == load_config(REPO_ROOT / "configs/tiny_synthetic.yaml")
+
+
+# ---------------------------------------------------------------- preprocessing flags
+
+
+def test_preprocess_flags_come_from_the_config_fields():
+    from pipeline.config import PreprocessConfig
+    from pipeline.preprocess import build_parser
+    from pipeline.preprocess import config_from_args as preprocess_config
+
+    parser = build_parser()
+    assert preprocess_config(parser.parse_args(["--dataset", "x"])) == PreprocessConfig()
+    args = parser.parse_args(
+        ["--dataset", "x", "--conf", "0.2", "--no-agnostic-nms", "--fuse-score",
+         "--classes", "person", "car", "--max-side", "0", "--kalman", "xyah",
+         "--num-shards", "4", "--shard-index", "1"]
+    )  # fmt: skip
+    cfg = preprocess_config(args)
+    assert (cfg.conf, cfg.agnostic_nms, cfg.fuse_score, cfg.classes, cfg.max_side, cfg.kalman) == (
+        0.2,
+        False,
+        True,
+        ("person", "car"),  # a tuple, as the frozen config hashes it
+        None,  # --max-side 0 keeps the frames' size
+        "xyah",
+    )
+    assert (args.num_shards, args.shard_index) == (4, 1)
+    again = parser.parse_args(["--dataset", "x", "--agnostic-nms", "false", "--no-fuse-score"])
+    assert not preprocess_config(again).agnostic_nms and not preprocess_config(again).fuse_score
+    assert preprocess_config(parser.parse_args(["--dataset", "x"]), ["person"]).classes == (
+        "person",
+    )  # the dataset's classes when --classes is not given
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dataset", "x", "--kalman", "abc"])  # not one of the choices
+
+
+def test_mapping_reader_on_a_frozen_config_with_tuples_and_optionals():
+    from pipeline.cli import UnknownConfigKey, from_mapping
+    from pipeline.config import PreprocessConfig
+
+    cfg = from_mapping(
+        PreprocessConfig,
+        {"classes": "person,car", "imgsz": "null", "max_side": 320, "fuse_score": "yes"},
+    )
+    assert (cfg.classes, cfg.imgsz, cfg.max_side, cfg.fuse_score) == (
+        ("person", "car"),
+        None,
+        320,
+        True,
+    )
+    with pytest.raises(
+        UnknownConfigKey, match="unknown config key 'nms_iuo'; did you mean 'nms_iou'"
+    ):
+        from_mapping(PreprocessConfig, {"nms_iuo": 0.3})
+    with pytest.raises(ValueError, match=r"PreprocessConfig: conf must be in \[0, 1\], got 1.5"):
+        from_mapping(PreprocessConfig, {"conf": "1.5"})

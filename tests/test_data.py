@@ -12,7 +12,7 @@ from pipeline.shards import make_row, row_to_video, write_shard
 from trainer.data import (
     GroundingDataset,
     fit_to_budget,
-    sample_frames,
+    make_sample,
     sample_indices,
     video_inputs,
 )
@@ -149,14 +149,15 @@ def shard(tmp_path_factory):
     return write_shard(path, rows)
 
 
-def test_sample_frames_decodes_the_chosen_frames_with_their_times(shard):
+def test_make_sample_decodes_the_chosen_frames_with_their_times(shard):
     import pyarrow.parquet as pq
 
     video = row_to_video(pq.read_table(shard).to_pylist()[0])  # 9 frames at 2 fps
-    frames, times = sample_frames(video, fps=1.0)
+    s = make_sample(video, video.queries[0], fps=1.0, max_frames=None, total_pixels=4 * 56 * 84)
+    frames, times = s.frames, s.frame_times_s
     # stride 2 -> frames 0, 2, 4, 6, 8 -> odd -> 0, 2, 4, 6 at 0.0, 1.0, 2.0, 3.0 s.
-    assert times.tolist() == [0.0, 1.0, 2.0, 3.0]
-    assert frames.shape == (4, 60, 90, 3)
+    assert times.tolist() == [0.0, 1.0, 2.0, 3.0] and s.fps == 1.0
+    assert frames.shape == (4, 56, 84, 3)  # 60 x 90 fitted to multiples of 28
     assert [round(int(f[..., 0].mean()) / 10) for f in frames] == [0, 2, 4, 6]
 
 

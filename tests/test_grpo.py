@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainer.grpo import group_advantages, grpo_loss, token_logprobs, truncated_is_weights
+from trainer.grpo import group_advantages, grpo_loss, truncated_is_weights
 
 LN = math.log
 
@@ -43,31 +43,6 @@ def test_group_advantages_rejects_bad_input():
         group_advantages(torch.zeros(6), 4)
     with pytest.raises(ValueError, match="finite"):
         group_advantages(torch.tensor([0.0, float("nan")]), 2)
-
-
-# ------------------------------------------------------------------------ log-probs
-
-
-def test_token_logprobs_hand_computed():
-    # logits [0, 0, ln 2] -> softmax [1/4, 1/4, 1/2]
-    logits = torch.tensor([[[0.0, 0.0, LN(2)], [0.0, 0.0, LN(2)]]], requires_grad=True)  # (1, 2, 3)
-    ids = torch.tensor([[2, 0]])
-    lp = token_logprobs(logits, ids)
-    assert lp.shape == (1, 2) and lp.dtype == torch.float32
-    assert lp.tolist()[0] == pytest.approx([LN(0.5), LN(0.25)])
-    lp.sum().backward()  # differentiable: d log p_2 / d logits = onehot(2) - p = [-1/4, -1/4, 1/2]
-    assert logits.grad[0, 0].tolist() == pytest.approx([-0.25, -0.25, 0.5])
-    # temperature 2 on logits [0, 0, 2 ln 2] gives the same distribution
-    hot = torch.tensor([[[0.0, 0.0, 2 * LN(2)]]], dtype=torch.bfloat16)
-    assert token_logprobs(hot, torch.tensor([[2]]), temperature=2.0).item() == pytest.approx(
-        LN(0.5), abs=1e-2
-    )
-    # matches log_softmax + gather on random data
-    x, t = torch.randn(3, 5, 11), torch.randint(0, 11, (3, 5))
-    ref = torch.log_softmax(x, -1).gather(-1, t[..., None])[..., 0]
-    assert torch.allclose(token_logprobs(x, t), ref, atol=1e-6)
-    with pytest.raises(ValueError, match="do not match"):
-        token_logprobs(x, t[:, :4])
 
 
 # ----------------------------------------------------------------------------- loss

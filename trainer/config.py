@@ -7,38 +7,31 @@
 
 Keys are flat (``reward_time``, ``lora_r``, ``vllm_gpu_memory_utilization``); the
 sections ``reward``, ``lora`` and ``vllm`` may also be written nested in YAML or dotted
-on the command line (``reward.time=2``). Values are coerced to the field's type, unknown
-keys are an error naming the closest valid key, and cross-field checks run on
-construction. Defaults are the CPU run: the tiny model on the synthetic shards.
+on the command line (``reward.time=2``). Values are read as the field's type by
+:mod:`pipeline.cli` (transformers' ``HfArgumentParser``, shared with the preprocessing
+CLI), unknown keys are an error naming the closest valid key, and cross-field checks
+run on construction. Defaults are the CPU run: the tiny model on the synthetic shards.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import hashlib
 import json
 import math
 import sys
-import types
 import typing
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from pipeline.cli import UnknownConfigKey, closest_key, read_values
 from trainer.prompt import TEMPLATES
 
 SECTIONS = ("reward", "lora", "vllm")  # nested YAML / dotted CLI spelling of prefixed keys
 # The vision tower's MLP also names its layers gate/up/down_proj: this regex keeps LoRA on the LLM.
 LLM_LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-
-
-class UnknownConfigKey(KeyError, ValueError):
-    """A key that is not a :class:`TrainConfig` field (the message names the closest one)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 def _f(default, help: str, choices: Sequence | None = None):
@@ -284,14 +277,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping, source: str = "dict") -> TrainConfig:
-        """Build from a (possibly sectioned) mapping, coercing values to the fields' types."""
-        return cls(**_coerce_all(_flatten(data, source), source))
+        """Build from a (possibly sectioned) mapping, reading values as the fields' types."""
+        return cls(**read_values(cls, _flatten(data, source), source))
 
 
 # ----------------------------------------------------------------------------- checks
 
 
 def _check(c: TrainConfig) -> list[str]:
+    """Every problem of ``c``, each stating the values (empty: valid)."""
     p: list[str] = []
     for f in fields(c):
         choices = f.metadata.get("choices")
@@ -340,6 +334,12 @@ def _check(c: TrainConfig) -> list[str]:
         )
     if c.beta < 0:
         p.append(f"beta={c.beta} must be >= 0")
+    return p + _check_setup(c)
+
+
+def _check_setup(c: TrainConfig) -> list[str]:
+    """Rewards, device, LoRA, vLLM, checkpoints and metric sinks."""
+    p: list[str] = []
     weights = c.reward_weights()
     if any(not math.isfinite(w) or w < 0 for w in weights.values()):
         p.append(f"reward weights must be finite and >= 0, got {weights}")
@@ -381,20 +381,20 @@ def _check(c: TrainConfig) -> list[str]:
     return p
 
 
-# ------------------------------------------------------------------ loading / coercion
+def _is_small_model(model: str) -> bool:
+    """A local checkpoint whose language model is tiny (hidden size <= 512)."""
+    cfg = Path(model) / "config.json"
+    if not cfg.is_file():
+        return "tiny" in str(model).lower()
+    data = json.loads(cfg.read_text())
+    hidden = data.get("hidden_size") or data.get("text_config", {}).get("hidden_size") or 0
+    return 0 < hidden <= 512
 
-_FIELDS = {f.name: f for f in fields(TrainConfig)}
-_TYPES = typing.get_type_hints(TrainConfig)
-_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
-_NONE = {"none", "null", "~", ""}
 
+# ------------------------------------------------------------------ loading
 
-def _suggest(key: str) -> str:
-    dotted = [f"{s}.{n[len(s) + 1 :]}" for n in _FIELDS for s in SECTIONS if n.startswith(s + "_")]
-    close = difflib.get_close_matches(key, [*_FIELDS, *dotted], n=1, cutoff=0.5)
-    if close:
-        return f"did you mean {close[0]!r}?"
-    return "valid keys: " + ", ".join(_FIELDS)
+_FIELDS = [f.name for f in fields(TrainConfig)]
+_DOTTED = [f"{s}.{n[len(s) + 1 :]}" for n in _FIELDS for s in SECTIONS if n.startswith(s + "_")]
 
 
 def _flatten(data: Mapping, source: str) -> dict:
@@ -412,74 +412,14 @@ def _flatten(data: Mapping, source: str) -> dict:
             continue
         name = key.replace(".", "_", 1) if key.split(".", 1)[0] in SECTIONS else key
         if name not in _FIELDS:
-            raise UnknownConfigKey(f"{source}: unknown config key {key!r}; {_suggest(key)}")
+            hint = closest_key(key, [*_FIELDS, *_DOTTED])
+            raise UnknownConfigKey(f"{source}: unknown config key {key!r}; {hint}")
         out[name] = value
     return out
 
 
-def _coerce(value, tp, key: str):
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
-    fail = ValueError(f"config key {key!r}: cannot read {value!r} as {getattr(tp, '__name__', tp)}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise fail
-    if tp is int:
-        if isinstance(value, bool):
-            raise fail
-        if isinstance(value, int):
-            return value
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            raise fail from None
-        if not f.is_integer():
-            raise fail
-        return int(f)
-    if tp is float:
-        if isinstance(value, bool):
-            raise fail
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise fail from None
-    if tp is str:
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            return str(value)
-        raise fail
-    if origin is list:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                import yaml
-
-                value = yaml.safe_load(text)
-            else:
-                value = [v.strip() for v in text.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise fail
-        return [_coerce(v, args[0], key) for v in value]
-    raise fail
-
-
-def _coerce_all(flat: Mapping, source: str) -> dict:
-    try:
-        return {k: _coerce(v, _TYPES[k], k) for k, v in flat.items()}
-    except ValueError as e:
-        raise ValueError(f"{source}: {e}") from None
-
-
 def parse_overrides(overrides: Sequence[str]) -> dict:
-    """``["learning_rate=1e-5", "reward.time=2"]`` -> flat, uncoerced ``{key: text}``."""
+    """``["learning_rate=1e-5", "reward.time=2"]`` -> flat, unread ``{key: text}``."""
     out = {}
     for item in overrides:
         key, sep, value = str(item).partition("=")
@@ -505,9 +445,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise FileNotFoundError(f"no config file {path} (looked for {file})")
         loaded = yaml.safe_load(file.read_text()) or {}
         source = str(path)
-        data = _flatten(loaded, source)
-    flat = {**_coerce_all(data, source), **_coerce_all(parse_overrides(overrides), "--set")}
-    return TrainConfig(**flat)
+        data = read_values(TrainConfig, _flatten(loaded, source), source)
+    return TrainConfig(**(data | read_values(TrainConfig, parse_overrides(overrides), "--set")))
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -536,10 +475,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def describe_fields() -> str:
     """One line per key: name, type, default, help."""
+    types = typing.get_type_hints(TrainConfig)
     lines = []
     for f in fields(TrainConfig):
         default = f.default if f.default is not MISSING else f.default_factory()
-        t = _TYPES[f.name]
+        t = types[f.name]
         tp = str(t) if typing.get_args(t) else t.__name__
         lines.append(f"{f.name:30s} {tp:14s} default {default!r:32s} {f.metadata.get('help', '')}")
     return "\n".join(lines)
@@ -558,22 +498,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         print(describe_fields())
         return 0
-    print(config_from_args(args).to_yaml(), end="")
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))  # exits 2 with the message, no traceback
+    print(cfg.to_yaml(), end="")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-def _is_small_model(model: str) -> bool:
-    """A local checkpoint whose language model is tiny (hidden size <= 512)."""
-    cfg = Path(model) / "config.json"
-    if not cfg.is_file():
-        return "tiny" in str(model).lower()
-    data = json.loads(cfg.read_text())
-    hidden = data.get("hidden_size") or data.get("text_config", {}).get("hidden_size") or 0
-    return 0 < hidden <= 512
 
 
 # ------------------------------------------------------------------ inference defaults
@@ -597,3 +527,7 @@ def inference_settings(model: str | Path | None, **explicit) -> dict:
         settings.update({k: getattr(cfg, k) for k in INFERENCE_KEYS})
     settings.update({k: v for k, v in explicit.items() if v is not None})
     return settings
+
+
+if __name__ == "__main__":
+    sys.exit(main())

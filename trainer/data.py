@@ -129,19 +129,6 @@ def _decode(jpegs: Sequence[bytes], idx: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(jpegs[i])).convert("RGB")) for i in idx])
 
 
-def sample_frames(
-    video: ShardVideo, fps: float = 2.0, max_frames: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the frames chosen by :func:`sample_indices` (only those JPEGs are decoded).
-
-    Returns:
-        frames: (T, H, W, 3) uint8 in the stored size, T even.
-        times_s: (T,) float32 time of each frame (the stored times).
-    """
-    idx, _ = sample_indices(len(video.frames), video.out_fps, fps, max_frames)
-    return _decode(video.frames, idx), np.asarray(video.frame_times_s, np.float32)[idx]
-
-
 @dataclass(frozen=True)
 class GroundingSample:
     """One query with its video, ready for prompting.

@@ -52,31 +52,6 @@ def group_advantages(
     return adv.reshape(-1), zero_var
 
 
-def token_logprobs(
-    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
-    """log p(token_ids) under ``logits / temperature``: (N, L, V), (N, L) -> (N, L) float32.
-
-    One row at a time, so the float32 log-softmax never materialises more than (L, V)
-    beyond the logits themselves (bf16 logits of a 150k vocabulary are large).
-    Differentiable with respect to ``logits``.
-    """
-    if logits.shape[:2] != token_ids.shape:
-        raise ValueError(
-            f"logits {tuple(logits.shape)} do not match token_ids {tuple(token_ids.shape)}"
-        )
-    rows = []
-    for i in range(logits.shape[0]):
-        row = logits[i].float()  # (L, V)
-        if temperature != 1.0:
-            row = row / temperature
-        picked = row.gather(-1, token_ids[i].long().unsqueeze(-1)).squeeze(-1)  # (L,)
-        rows.append(picked - torch.logsumexp(row, dim=-1))  # (L,)
-    if not rows:
-        return logits.new_zeros(token_ids.shape, dtype=torch.float32)
-    return torch.stack(rows)  # (N, L)
-
-
 def truncated_is_weights(
     logp_train: torch.Tensor,
     logp_rollout: torch.Tensor,

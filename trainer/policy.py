@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainer.config import LLM_LORA_REGEX
 from trainer.data import video_inputs
 
 VISION_TOKENS = (
@@ -23,11 +24,6 @@ VISION_TOKENS = (
     "<|vision_pad|>",
     "<|image_pad|>",
     "<|video_pad|>",
-)
-
-# LoRA default: the language model's attention and MLP projections (the vision tower is left alone).
-DEFAULT_LORA_TARGETS = (
-    r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 )
 
 
@@ -97,7 +93,7 @@ def load_policy(
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
-        kwargs = {"task_type": "CAUSAL_LM", "target_modules": DEFAULT_LORA_TARGETS, **lora}
+        kwargs = {"task_type": "CAUSAL_LM", "target_modules": LLM_LORA_REGEX, **lora}
         model = get_peft_model(model, LoraConfig(**kwargs))
     return model, processor
 

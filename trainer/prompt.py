@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 MAX_TIME_S = 1e6  # answers beyond ~11 days are not times of a clip: treated as invalid
 MAX_ID = 2**31 - 1  # shard IDs are int32
-_TRAILING_SPECIAL = ("<|im_end|>", "<|endoftext|>")
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # end a completion; both rollout engines stop on them
+_TRAILING_SPECIAL = STOP_TOKENS  # stripped from a completion's end before parsing
 
 
 @dataclass(frozen=True)

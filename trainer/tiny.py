@@ -15,7 +15,7 @@ Two variants:
   merges, which form a consistent smaller BPE (every kept merge yields a kept token),
   then the 22 added tokens at ids ``N .. N + 21``. The config's ``image_token_id``,
   ``video_token_id``, ``vision_start/end_token_id``, ``bos/eos/pad`` are set to these
-  ids, so config and tokenizer always agree (a test checks it). ~10x faster per step.
+  ids, so config and tokenizer always agree (a test checks it).
 
 The embedding size equals the tokenizer length (no padded, undecodable rows), so a
 random model can never sample an id the tokenizer cannot decode.
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--full-vocab",
         action="store_true",
-        help="keep the full 151,643-token BPE with the real special-token ids (39 M params, ~10x slower)",
+        help="keep the full 151,643-token BPE with the real special-token ids (39 M params)",
     )
     parser.add_argument(
         "--vocab-size", type=int, default=4096, help="BPE tokens kept (default 4096)"

@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-from collections.abc import Iterable, Sequence
-from fractions import Fraction
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.geometry import mask_to_rle
 from pipeline.runtime import DATA_DIR
+from pipeline.shards import atomic_file
 from pipeline.synthetic.motion import make_scene
 from pipeline.synthetic.scene import SHAPES, Scene, SceneConfig
+from pipeline.video_io import write_mp4
 
 GENERATOR_VERSION = 1
 FORMATS = ("mevis", "hcstvg", "yolo")
@@ -70,40 +70,10 @@ def encode_jpeg(frame_rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def write_mp4(path: Path, frames_rgb: Iterable[np.ndarray], fps: float) -> None:
-    """H.264 yuv420p mp4 via PyAV: one x264 thread, no mb-tree, bit-exact muxing (reproducible)."""
-    import av
-
-    rate = Fraction(fps).limit_denominator(1001)
-    tmp = path.with_name(path.name + ".tmp")
-    with av.open(str(tmp), "w", format="mp4", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.thread_count = 1
-        # x264's macroblock-tree rate control gave different bytes for the same frames from
-        # call to call (even single-threaded); without it the output is reproducible.
-        stream.options = {
-            "crf": "18",
-            "preset": "veryfast",
-            "threads": "1",
-            "x264-params": "no-mbtree=1",
-        }
-        for i, img in enumerate(frames_rgb):
-            if i == 0:
-                stream.height, stream.width = img.shape[:2]
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            frame.pts = i
-            frame.time_base = 1 / rate
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj) -> None:
-    """Compact JSON with sorted keys, written to a temp file then renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
+    """Compact JSON with sorted keys, written atomically."""
+    with atomic_file(path, "w") as f:
+        f.write(json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n")
 
 
 # ------------------------------------------------------------------ per-format entries
@@ -248,7 +218,7 @@ def _write_video_split(
             next_anno += len(scene.objects)
         if "hcstvg" in formats:
             (hc_dir / "video").mkdir(parents=True, exist_ok=True)
-            write_mp4(hc_dir / "video" / f"{vid}.mp4", frames, cfg.fps)
+            write_mp4(hc_dir / "video" / f"{vid}.mp4", frames, cfg.fps, crf=18)
             hc_anno[f"{vid}.mp4"] = hcstvg_entry(scene)
         n_exp += len(scene.expressions)
         n_multi += sum(e.is_multi for e in scene.expressions)

@@ -19,9 +19,14 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from trainer.data import check_video_prompt
-from trainer.prompt import build_messages, render_prompt
+from trainer.prompt import STOP_TOKENS, build_messages, render_prompt
 
 FINISH_REASONS = ("stop", "length")
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Ids of :data:`trainer.prompt.STOP_TOKENS`: a completion ends at the first of them."""
+    return [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import torch
 
 from trainer.data import video_inputs
 from trainer.policy import vision_token_ids
-from trainer.rollout.base import Completion, RolloutRequest, check_sampling
+from trainer.rollout.base import Completion, RolloutRequest, check_sampling, stop_token_ids
 
 
 class HFRolloutEngine:
@@ -25,7 +25,7 @@ class HFRolloutEngine:
             vision_token_ids(processor) if suppress_token_ids is None else list(suppress_token_ids)
         )
         tok = processor.tokenizer
-        self.stop_ids = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        self.stop_ids = stop_token_ids(tok)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.stop_ids[-1]
 
     def _generation_config(self, g: int, max_new_tokens: int, temperature: float, top_p: float):

@@ -27,7 +27,7 @@ import torch
 
 from trainer.data import video_metadata
 from trainer.policy import vision_token_ids
-from trainer.rollout.base import Completion, RolloutRequest, check_sampling
+from trainer.rollout.base import Completion, RolloutRequest, check_sampling, stop_token_ids
 
 
 def policy_source(model) -> str:
@@ -85,7 +85,7 @@ class VLLMRolloutEngine:
             vision_token_ids(processor) if suppress_token_ids is None else suppress_token_ids
         )
         self.allowed_token_ids = [i for i in range(len(tok)) if i not in banned]
-        self.stop_ids = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        self.stop_ids = stop_token_ids(tok)
         self.enable_sleep_mode = enable_sleep_mode
         self.sleep_level = sleep_level
         self._sleeping = False
