@@ -43,6 +43,8 @@ CUDA_OVERHEAD = 2 * GIB
 VLLM_PROFILE_TOKENS = 8192  # tokens of vLLM's profiling forward (its activation reserve)
 VLLM_MAX_SEQS = 256
 STRATEGIES = ("ddp", "fsdp2")
+RESIDENT = ("parameters", "optimiser state", "reference model")  # held through rollouts too
+WORKING = ("FSDP2 all-gathered layers", "autocast weight copies")
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,9 @@ def activation_bytes(cfg, sizes, *, checkpointing: bool) -> float:
     tokens = seqs * seq
     h, kv = sizes.hidden, sizes.kv_heads * sizes.head_dim
     layer = (14 * h + 3 * kv + 4 * sizes.intermediate) * b  # one token through one layer
-    text = tokens * (sizes.layers * h * b + layer) if checkpointing else tokens * sizes.layers * layer
+    text = (
+        tokens * (sizes.layers * h * b + layer) if checkpointing else tokens * sizes.layers * layer
+    )
     # fp32 (k, V) rows kept by logsumexp, plus one forward's bf16 logits
     logits = seqs * cfg.max_new_tokens * sizes.vocab * 4
     logits += LOGPROB_MICRO_BATCH * (cfg.max_new_tokens + 1) * sizes.vocab * b
@@ -171,6 +175,63 @@ def _vllm_lines(cfg, sizes, gpu_bytes: float, prompt_seq: int) -> tuple[list[Lin
     return lines, problems
 
 
+def _state_lines(cfg, sizes, world_size: int, strategy: str, cpu_offload: bool) -> list[Line]:
+    """Parameters, gradients, optimiser state, reference model and the unsharded working set."""
+    b = _dtype_bytes(cfg.dtype)
+    full = cfg.lora_r == 0
+    shard = world_size if strategy == "fsdp2" else 1
+    P, T = sizes.total, sizes.trainable
+    frozen_bytes = 4 if full else b  # full: every weight is an fp32 master; LoRA: base in bf16
+    ddp_copy = 2 if strategy == "ddp" and world_size > 1 else 1
+
+    def place(name, nbytes, note):  # sharded state: on the GPU, or in host memory when offloaded
+        nbytes /= shard
+        return Line(name, 0.0, nbytes, note) if cpu_offload else Line(name, nbytes, 0.0, note)
+
+    split = f"/{shard}" if shard > 1 else "one copy per GPU"
+    ref = P * b if full and cfg.beta > 0 else 0.0
+    why = "frozen copy" if ref else ("LoRA: adapter disabled" if not full else "beta = 0: none")
+    lines = [
+        place(
+            "parameters",
+            T * 4 + (P - T) * frozen_bytes,
+            f"{T:,} trained fp32, {P - T:,} frozen; {split}",
+        ),
+        place(
+            "gradients",
+            T * 4 * ddp_copy,
+            "fp32" + (", DDP buckets copy them" if ddp_copy > 1 else ""),
+        ),
+        place(
+            "optimiser state",
+            T * 8 + sizes.trainable_tensors * 4,
+            "AdamW exp_avg + exp_avg_sq, fp32",
+        ),
+        place("reference model", ref, why),
+    ]
+    if strategy == "fsdp2":
+        working = (sizes.root + 2 * sizes.largest_unit) * b + sizes.largest_unit * 4
+        lines.append(Line(WORKING[0], working, 0.0, "root + 2 layers, fp32 reduce"))
+    else:
+        working = T * b if full and b < 4 else 0.0
+        lines.append(Line(WORKING[1], working, 0.0, "bf16 casts of trained weights"))
+    return lines
+
+
+def _check_args(cfg, world_size, gpu_memory_gib, strategy, cpu_offload) -> str:
+    if world_size < 1 or not gpu_memory_gib > 0:
+        raise ValueError(
+            f"need world_size >= 1 and gpu_memory_gib > 0, got {world_size}, {gpu_memory_gib}"
+        )
+    if strategy is None:
+        strategy = "fsdp2" if cfg.lora_r == 0 and world_size > 1 else "ddp"
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if cpu_offload and strategy != "fsdp2":
+        raise ValueError("cpu_offload needs strategy='fsdp2'")
+    return strategy
+
+
 def memory_plan(
     cfg,
     world_size: int,
@@ -190,49 +251,18 @@ def memory_plan(
     """
     from trainer.model_sizes import model_sizes
 
-    if world_size < 1 or not gpu_memory_gib > 0:
-        raise ValueError(f"need world_size >= 1 and gpu_memory_gib > 0, got {world_size}, {gpu_memory_gib}")
-    full = cfg.lora_r == 0
-    if strategy is None:
-        strategy = "fsdp2" if full and world_size > 1 else "ddp"
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if cpu_offload and strategy != "fsdp2":
-        raise ValueError("cpu_offload needs strategy='fsdp2'")
+    strategy = _check_args(cfg, world_size, gpu_memory_gib, strategy, cpu_offload)
     if sizes is None:
         sizes = model_sizes(cfg.model, lora=cfg.lora_kwargs(), freeze_vision=cfg.freeze_vision)
     gpu_bytes = gpu_memory_gib * GIB
-    b = _dtype_bytes(cfg.dtype)
-    shard = world_size if strategy == "fsdp2" else 1
-    P, T = sizes.total, sizes.trainable
-    frozen_bytes = 4 if full else b  # full: every weight is an fp32 master; LoRA: base in bf16
-    ddp_copy = 2 if strategy == "ddp" and world_size > 1 else 1
-
-    def place(name, nbytes, note):  # sharded state: on the GPU, or in host memory when offloaded
-        nbytes /= shard
-        return Line(name, 0.0, nbytes, note) if cpu_offload else Line(name, nbytes, 0.0, note)
-
-    split = f"/{shard}" if shard > 1 else "one copy per GPU"
-    lines = [
-        place("parameters", T * 4 + (P - T) * frozen_bytes, f"{T:,} trained fp32, {P - T:,} frozen; {split}"),
-        place("gradients", T * 4 * ddp_copy, "fp32" + (", DDP buckets copy them" if ddp_copy > 1 else "")),
-        place("optimiser state", T * 8 + sizes.trainable_tensors * 4, "AdamW exp_avg + exp_avg_sq, fp32"),
-    ]
-    ref = P * b if full and cfg.beta > 0 else 0.0
-    why = "frozen copy" if ref else ("LoRA: adapter disabled" if not full else "beta = 0: none")
-    lines.append(place("reference model", ref, why))
-    if strategy == "fsdp2":
-        working = (sizes.root + 2 * sizes.largest_unit) * b + sizes.largest_unit * 4
-        lines.append(Line("FSDP2 all-gathered layers", working, 0.0, "root + 2 layers, fp32 reduce"))
-    else:
-        working = T * b if full and b < 4 else 0.0
-        lines.append(Line("autocast weight copies", working, 0.0, "bf16 casts of trained weights"))
+    lines = _state_lines(cfg, sizes, world_size, strategy, cpu_offload)
+    working = lines[-1].gpu
     with_ckpt = activation_bytes(cfg, sizes, checkpointing=True)
     without = activation_bytes(cfg, sizes, checkpointing=False)
     acts = with_ckpt if cfg.gradient_checkpointing else without
     ckpt = "on" if cfg.gradient_checkpointing else "off"
     lines.append(Line("activations", acts, 0.0, f"estimate, gradient checkpointing {ckpt}"))
-    prompt, seq = sequence_tokens(cfg)
+    _, seq = sequence_tokens(cfg)
     problems = []
     if cfg.rollout == "vllm":
         tp = getattr(cfg, "vllm_tensor_parallel_size", 1)
@@ -244,23 +274,24 @@ def memory_plan(
         rollout = cfg.vllm_gpu_memory_utilization * gpu_bytes
         asleep = cfg.vllm_enable_sleep_mode
     else:
-        per_token = 2 * sizes.layers * sizes.kv_heads * sizes.head_dim * b
-        rollout = cfg.per_step_prompts * cfg.num_generations * seq * per_token + working
-        lines.append(Line("HF generate KV cache", rollout - working, 0.0, "estimate"))
-        asleep = True
+        per_token = 2 * sizes.layers * sizes.kv_heads * sizes.head_dim * _dtype_bytes(cfg.dtype)
+        kv = cfg.per_step_prompts * cfg.num_generations * seq * per_token
+        lines.append(Line("HF generate KV cache", kv, 0.0, "estimate"))
+        rollout, asleep = kv + working, True
     lines.append(Line("CUDA context, NCCL, allocator", CUDA_OVERHEAD, 0.0, "estimate"))
-    resident = sum(ln.gpu for ln in lines if ln.name in ("parameters", "optimiser state", "reference model"))
-    train = resident + lines[1].gpu + working + acts + CUDA_OVERHEAD + (0.0 if asleep else rollout)
+    resident = sum(ln.gpu for ln in lines if ln.name in RESIDENT) + CUDA_OVERHEAD
+    train = resident + lines[1].gpu + working + acts + (0.0 if asleep else rollout)
     phases = {
-        "rollout (trainer state + generation)": resident + rollout + CUDA_OVERHEAD,
+        "rollout (trainer state + generation)": resident + rollout,
         "training step" + (" (vLLM asleep)" if cfg.rollout == "vllm" and asleep else ""): train,
     }
-    where = "fsdp2" + (" + CPU offload" if cpu_offload else "") if strategy == "fsdp2" else strategy
+    where = f"fsdp2{' + CPU offload' if cpu_offload else ''}" if strategy == "fsdp2" else strategy
     title = (
-        f"Memory plan for {cfg.model} (architecture from {sizes.source}): {P:,} parameters, "
-        f"{T:,} trained\n{world_size} GPU(s) x {gpu_memory_gib:g} GiB, {where}, "
-        f"{'LoRA r=' + str(cfg.lora_r) if not full else 'full fine-tune'}, rollouts {cfg.rollout}, "
-        f"~{seq} tokens per sequence, {cfg.per_step_prompts * cfg.num_generations} per backward"
+        f"Memory plan for {cfg.model} (architecture from {sizes.source}): {sizes.total:,} "
+        f"parameters, {sizes.trainable:,} trained\n{world_size} GPU(s) x {gpu_memory_gib:g} GiB, "
+        f"{where}, {f'LoRA r={cfg.lora_r}' if cfg.lora_r else 'full fine-tune'}, rollouts "
+        f"{cfg.rollout}, ~{seq} tokens per sequence, "
+        f"{cfg.per_step_prompts * cfg.num_generations} per backward"
     )
     return MemoryPlan(title, gpu_bytes, lines, phases, problems, without, with_ckpt)
 
