@@ -293,11 +293,14 @@ def _torchrun(nproc: int, args: list[str], out: Path, timeout: int) -> list[dict
 def test_fsdp2_shards_are_gathered_one_layer_at_a_time_and_match_the_plan(tiny_dir, tmp_path):
     """2 gloo ranks, FSDP2 per decoder layer / vision block: the push's weights equal the
     unsharded model's, no earlier batch is alive when the next is gathered, and the shards
-    of parameters, gradients and AdamW state after a real step match the memory plan."""
+    of parameters, gradients and AdamW state after a real step match the memory plan; a
+    tensor-parallel group gathers its ranks' prompts and each rank keeps its own outputs."""
     results = _torchrun(2, ["fsdp2-cpu", str(tiny_dir)], tmp_path, timeout=300)
     cfg = load_config("configs/tiny_synthetic.yaml", [f"model={tiny_dir}"])
     plan = memory_plan(cfg, 2, 80, strategy="fsdp2")
-    for r in results:
+    for rank, r in enumerate(results):
+        mine = ["p00"] if rank == 0 else ["p10", "p11"]
+        assert r["tp_gather"] == [["p00", "p10", "p11"], [0, 10, 11], mine]
         assert r["mismatched"] == [] and r["alive_when_next_gathered"] == 0
         assert r["names"] == results[0]["names"] and len(r["names"]) == r["num_params"]
         assert all(len(units) == 1 for units in r["batch_units"])
@@ -337,6 +340,13 @@ def _fsdp2_cpu_worker(tiny_dir: str, out: str) -> None:
             if type(tensor) is not torch.Tensor or not torch.equal(tensor, plain[name]):
                 res["mismatched"].append(name)
         del batch, tensor
+    # Tensor parallelism: both ranks form one engine and submit the group's whole batch.
+    engine = VLLMRolloutEngine.__new__(VLLMRolloutEngine)  # the gather needs no vLLM
+    engine.layout = ColocateLayout(rank, world, 2)
+    engine.tp_group, _ = dist.new_subgroups_by_enumeration(engine.layout.groups)
+    mine = [f"p{rank}{i}" for i in range(rank + 1)]  # rank 0: 1 prompt, rank 1: 2
+    prompts, seeds, part = engine._gather_group(mine, [10 * rank + i for i in range(rank + 1)])
+    res["tp_gather"] = [prompts, seeds, prompts[part]]
     # One real optimiser step, then the bytes this rank holds.
     trained = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trained, lr=1e-3)
@@ -426,7 +436,8 @@ def _vllm_gpu_worker(sharp_dir: str, tp: str, out: str) -> None:
     res["after"] = engine.generate(requests, **greedy)[0][0].token_ids
     full = {n: t.cpu() for batch in weight_batches(model) for n, t in batch}
     reference, _ = load_policy(sharp_dir, device=f"cuda:{local}", dtype="bfloat16")
-    reference.load_state_dict(full)
+    missing, unexpected = reference.load_state_dict(full, strict=False)
+    assert not unexpected and not set(missing) & set(dict(reference.named_parameters()))
     hf = HFRolloutEngine(reference, processor).generate(requests, **greedy)
     res["hf_greedy"] = hf[0][0].token_ids
     engine.sleep_level = 2

@@ -76,7 +76,9 @@ class ColocateLayout:
     @property
     def groups(self) -> list[list[int]]:
         """Every engine's ranks, for ``torch.distributed.new_subgroups_by_enumeration``."""
-        return [list(range(g * self.tp, (g + 1) * self.tp)) for g in range(self.world_size // self.tp)]
+        return [
+            list(range(g * self.tp, (g + 1) * self.tp)) for g in range(self.world_size // self.tp)
+        ]
 
 
 def llm_kwargs(
@@ -143,6 +145,9 @@ def weight_batches(model) -> Iterator[list[tuple[str, torch.Tensor]]]:
         unit = key
         tensor = param.detach()
         if hasattr(tensor, "full_tensor"):
+            mesh_device = tensor.device_mesh.device_type
+            if tensor.device.type != mesh_device:  # FSDP2 CPU offload: gather on the mesh's device
+                tensor = tensor.to(mesh_device)
             tensor = tensor.full_tensor()
         batch.append((name, tensor))
     if batch:
@@ -195,10 +200,14 @@ class VLLMRolloutEngine:
         self.tp_group = None
         if self.layout.world_size > 1:
             if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-                raise RuntimeError("vLLM's external launcher needs MASTER_ADDR and MASTER_PORT (torchrun / accelerate set them)")
+                raise RuntimeError(
+                    "vLLM's external launcher needs MASTER_ADDR and MASTER_PORT (torchrun / accelerate set them)"
+                )
             os.environ.setdefault("RANK", str(self.layout.rank))
             os.environ.setdefault("WORLD_SIZE", str(self.layout.world_size))
-            os.environ.setdefault("LOCAL_RANK", str(self.layout.rank % max(1, torch.cuda.device_count())))
+            os.environ.setdefault(
+                "LOCAL_RANK", str(self.layout.rank % max(1, torch.cuda.device_count()))
+            )
         if self.layout.tp > 1:  # a collective: every rank constructs its engine at the same time
             self.tp_group, _ = torch.distributed.new_subgroups_by_enumeration(self.layout.groups)
         # In-process engine: the weight push hands tensors over without serialisation.
@@ -208,14 +217,18 @@ class VLLMRolloutEngine:
         self.metadata_via = metadata_via
         self.processor = processor
         tok = processor.tokenizer
-        banned = set(vision_token_ids(processor) if suppress_token_ids is None else suppress_token_ids)
+        banned = set(
+            vision_token_ids(processor) if suppress_token_ids is None else suppress_token_ids
+        )
         self.allowed_token_ids = [i for i in range(len(tok)) if i not in banned]
         self.stop_ids = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         self.enable_sleep_mode = enable_sleep_mode
         self.sleep_level = sleep_level
         self._sleeping = False
         self._weights_dropped = False
-        self.llm = LLM(**llm_kwargs(model_path, self.layout, enable_sleep_mode=enable_sleep_mode, **kwargs))
+        self.llm = LLM(
+            **llm_kwargs(model_path, self.layout, enable_sleep_mode=enable_sleep_mode, **kwargs)
+        )
         _require(self.llm, REQUIRED_LLM_API, "LLM")
         _require(self.llm.llm_engine, REQUIRED_ENGINE_API, "LLMEngine")
 
@@ -237,15 +250,16 @@ class VLLMRolloutEngine:
     ) -> list[list[Completion]]:
         check_sampling(num_generations, max_new_tokens, temperature, top_p)
         if self._weights_dropped:
-            raise RuntimeError("a level-2 sleep dropped vLLM's weights: call sync_weights(model) before generate")
+            raise RuntimeError(
+                "a level-2 sleep dropped vLLM's weights: call sync_weights(model) before generate"
+            )
         self.wake_up()
         n = num_generations if temperature > 0 else 1  # greedy: one path, copied G times
         prompts = [self._prompt(req) for req in requests]
-        params = [
-            self._sampling(n, max_new_tokens, temperature, top_p, None if seed is None else seed + r * num_generations)
-            for r in range(len(requests))
-        ]
-        outputs = self._generate_in_group(prompts, params)
+        seeds = [None if seed is None else seed + r * num_generations for r in range(len(requests))]
+        prompts, seeds, mine = self._gather_group(prompts, seeds)
+        params = [self._sampling(n, max_new_tokens, temperature, top_p, s) for s in seeds]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)[mine]
         return [self._completions(r, out) * (num_generations // n) for r, out in enumerate(outputs)]
 
     def _sampling(self, n, max_new_tokens, temperature, top_p, seed):
@@ -264,19 +278,17 @@ class VLLMRolloutEngine:
             skip_special_tokens=True,
         )
 
-    def _generate_in_group(self, prompts: list[dict], params: list) -> list:
-        """Generate this rank's prompts; with tensor parallelism the group runs all its ranks'
-        prompts together (vLLM's ranks must see the same batch) and each keeps its share."""
+    def _gather_group(self, prompts: list, seeds: list) -> tuple[list, list, slice]:
+        """With tensor parallelism every rank of the group must submit the same batch: gather
+        the group's prompts and seeds; the slice picks this rank's outputs."""
         if self.tp_group is None:
-            return self.llm.generate(prompts, params, use_tqdm=False)
+            return prompts, seeds, slice(None)
         gathered: list = [None] * self.layout.tp
-        torch.distributed.all_gather_object(gathered, (prompts, params), group=self.tp_group)
+        torch.distributed.all_gather_object(gathered, (prompts, seeds), group=self.tp_group)
         counts = [len(p) for p, _ in gathered]
-        outputs = self.llm.generate(
-            [x for p, _ in gathered for x in p], [x for _, q in gathered for x in q], use_tqdm=False
-        )
         start = sum(counts[: self.layout.rank_in_group])
-        return outputs[start : start + counts[self.layout.rank_in_group]]
+        mine = slice(start, start + counts[self.layout.rank_in_group])
+        return [x for p, _ in gathered for x in p], [x for _, q in gathered for x in q], mine
 
     def _prompt(self, req: RolloutRequest) -> dict:
         frames = np.ascontiguousarray(req.frames)
@@ -286,7 +298,11 @@ class VLLMRolloutEngine:
             video = (frames, meta)
         else:
             video, kwargs["video_metadata"] = frames, [meta]
-        return {"prompt": req.prompt, "multi_modal_data": {"video": video}, "mm_processor_kwargs": kwargs}
+        return {
+            "prompt": req.prompt,
+            "multi_modal_data": {"video": video},
+            "mm_processor_kwargs": kwargs,
+        }
 
     def _completions(self, r: int, out) -> list[Completion]:
         comps = []
