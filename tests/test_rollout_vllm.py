@@ -146,6 +146,32 @@ def test_vllm_logprobs_agree_with_the_hf_training_forward(engine, hf, requests):
 
 
 @gpu_test
+def test_processed_logprobs_follow_the_sampling_temperature(engine, hf, requests):
+    """vLLM's log-probs are taken after temperature: at T=2 they equal the training
+    forward's log-softmax of logits / T (lm_head has no bias, so scaling its weight by 1/T
+    divides the logits), and differ clearly from the untempered ones."""
+    model, processor = hf
+    temperature = 2.0  # a power of 2: dividing the bf16 weight by it is exact
+    out = engine.generate(
+        requests[:1], num_generations=3, max_new_tokens=16, temperature=temperature, seed=1
+    )[0]
+    assert model.lm_head.bias is None
+    lp_t1, mask = _hf_logprobs(model, processor, requests[:1], out)
+    weight = model.lm_head.weight
+    original = weight.detach().clone()
+    with torch.no_grad():
+        weight.div_(temperature)
+    try:
+        lp_t, _ = _hf_logprobs(model, processor, requests[:1], out)
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    err = _mean_abs_diff(lp_t, mask, out)
+    assert err < 0.1, err
+    assert err < 0.5 * _mean_abs_diff(lp_t1, mask, out)
+
+
+@gpu_test
 def test_sync_pushes_new_weights_and_survives_sleep(engine, hf, requests):
     model, processor = hf
     greedy = {"num_generations": 1, "max_new_tokens": 12, "temperature": 0.0}
