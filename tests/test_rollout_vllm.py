@@ -260,6 +260,19 @@ def test_config_engine_kwargs_are_all_accepted_by_the_engine():
     assert set(kw) <= accepted, set(kw) - accepted
 
 
+def test_a_missing_vllm_api_fails_loudly():
+    from types import SimpleNamespace
+
+    from trainer.rollout.vllm import REQUIRED_ENGINE_API, REQUIRED_LLM_API, _require
+
+    complete = SimpleNamespace(**{n: lambda *a, **k: None for n in REQUIRED_LLM_API})
+    _require(complete, REQUIRED_LLM_API, "LLM")
+    with pytest.raises(RuntimeError, match=r"lacks \['reset_encoder_cache'\]"):
+        _require(SimpleNamespace(reset_encoder_cache=None), REQUIRED_ENGINE_API, "LLMEngine")
+    with pytest.raises(RuntimeError, match="reset_prefix_cache"):
+        _require(SimpleNamespace(generate=print, sleep=print), REQUIRED_LLM_API, "LLM")
+
+
 def test_weight_names_map_back_to_the_checkpoint():
     for wrapped, hf_name in [
         ("base_model.model.model.language_model.layers.0.mlp.up_proj.base_layer.weight",

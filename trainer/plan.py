@@ -296,12 +296,12 @@ def memory_plan(
     return MemoryPlan(title, gpu_bytes, lines, phases, problems, without, with_ckpt)
 
 
-def assert_fits(cfg, world_size: int, gpu_memory_gib: float, **kwargs) -> MemoryPlan:
-    """:func:`memory_plan`, raising ValueError with the printed plan when it does not fit."""
+def assert_fits(cfg, world_size: int, gpu_memory_gib: float, **kwargs) -> None:
+    """Raise ValueError holding the printed :func:`memory_plan` when ``cfg`` does not fit
+    ``world_size`` GPUs of ``gpu_memory_gib`` (keyword arguments as :func:`memory_plan`)."""
     plan = memory_plan(cfg, world_size, gpu_memory_gib, **kwargs)
     if not plan.fits:
         raise ValueError("this configuration does not fit its GPUs:\n" + plan.table())
-    return plan
 
 
 def main(argv: Sequence[str] | None = None) -> int:

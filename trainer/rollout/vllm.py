@@ -161,13 +161,18 @@ def hf_weights_for_vllm(model) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def _require(owner, names: tuple[str, ...], what: str) -> None:
+    """Raise naming the vLLM version when ``owner`` lacks a method the engine calls."""
     missing = [n for n in names if not callable(getattr(owner, n, None))]
     if missing:
-        import vllm
+        from importlib.metadata import PackageNotFoundError, version
 
+        try:
+            found = version("vllm")
+        except PackageNotFoundError:
+            found = "?"
         raise RuntimeError(
-            f"vLLM {getattr(vllm, '__version__', '?')} {what} lacks {missing}; this engine is "
-            "written for vllm==0.33 (pip install -e '.[gpu]')"
+            f"vLLM {found}: {what} lacks {missing}; this engine is written for vllm==0.33 "
+            "(pip install -e '.[gpu]')"
         )
 
 
