@@ -84,7 +84,10 @@ def test_known_architectures_count_the_published_parameters():
         _, source = load_model_config(hub_id)
         assert source in ("the built-in table", "the HF cache")
         assert model_sizes(hub_id).total == total
-    assert set(KNOWN_ARCHITECTURES) == {"Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"}
+    assert set(KNOWN_ARCHITECTURES) == {
+        "Qwen/Qwen2.5-VL-7B-Instruct",
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+    }
     with pytest.raises(FileNotFoundError, match="built-in architectures"):
         load_model_config("nobody/no-such-model")
 

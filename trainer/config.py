@@ -193,7 +193,7 @@ class TrainConfig:
     vllm_metadata_via: str = _f(
         "tuple",
         "how vLLM receives each video's fps and frame indices: 'tuple' ((frames, metadata)) or "
-        "'kwargs' (mm_processor_kwargs, for vLLM releases that drop the tuple's metadata)",
+        "'kwargs' (mm_processor_kwargs; for releases older than the pinned vLLM 0.33, which needs the tuple)",
         ("tuple", "kwargs"),
     )
 

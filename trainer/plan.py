@@ -266,7 +266,7 @@ def memory_plan(
     problems = []
     if cfg.rollout == "vllm":
         tp = getattr(cfg, "vllm_tensor_parallel_size", 1)
-        if world_size % tp:
+        if tp < 1 or world_size % tp:
             problems.append(f"vllm_tensor_parallel_size={tp} does not divide {world_size} GPUs")
         vlines, vproblems = _vllm_lines(cfg, sizes, gpu_bytes, seq)
         lines += vlines
