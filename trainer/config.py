@@ -173,6 +173,22 @@ class TrainConfig:
     vllm_tis_cap: float | None = _f(
         2.0, "truncated importance-sampling cap for the vLLM/trainer mismatch (null: off)"
     )
+    vllm_tensor_parallel_size: int = _f(
+        1,
+        "GPUs that share one colocated vLLM engine (tensor parallel); must divide the number of ranks",
+    )
+    vllm_sleep_level: int = _f(
+        1,
+        "what vLLM's sleep frees while the trainer steps: 1 offloads its weights to host memory "
+        "and drops the KV cache; 2 drops both (the weights are pushed again before each round)",
+        (1, 2),
+    )
+    vllm_metadata_via: str = _f(
+        "tuple",
+        "how vLLM receives each video's fps and frame indices: 'tuple' ((frames, metadata)) or "
+        "'kwargs' (mm_processor_kwargs; for releases older than the pinned vLLM 0.33, which needs the tuple)",
+        ("tuple", "kwargs"),
+    )
 
     # ---- run
     seed: int = _f(42, "random seed (prompt order, sampling, initialisation)")
@@ -233,8 +249,10 @@ class TrainConfig:
             "dtype": "bfloat16" if self.dtype == "auto" else self.dtype,
             "seed": self.seed,
         }
-        if self.vllm_max_model_len is not None:
-            kw["max_model_len"] = self.vllm_max_model_len
+        kw["max_model_len"] = self.vllm_max_model_len  # None: the model's own limit
+        kw["tensor_parallel_size"] = self.vllm_tensor_parallel_size
+        kw["sleep_level"] = self.vllm_sleep_level
+        kw["metadata_via"] = self.vllm_metadata_via
         return kw
 
     @property
