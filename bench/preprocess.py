@@ -174,7 +174,7 @@ def executor_bench(args) -> None:
     from pipeline.config import PreprocessConfig
     from pipeline.datasets import iter_records
     from pipeline.preprocess import run
-    from pipeline.ray_executor import RayExecutor, _start_ray
+    from pipeline.ray_executor import RayExecutor, start_ray
     from pipeline.synthetic import generate
     from pipeline.workers import run_serial
 
@@ -183,7 +183,7 @@ def executor_bench(args) -> None:
                  det_val=0, duration_s=args.seconds, formats=("hcstvg",), progress=False)  # fmt: skip
         records = list(iter_records("synthetic", "train", root=Path(tmp) / "raw" / "hcstvg"))
         t0 = time.perf_counter()
-        _start_ray(None, max(os.cpu_count() or 1, max(args.actors)))
+        start_ray(None, max(os.cpu_count() or 1, max(args.actors)))
         print(f"ray.init (local cluster)  : {time.perf_counter() - t0:6.1f} s, not counted below")
         sides = [("single process", run_serial)]
         sides += [(f"ray, {k} actor(s)", RayExecutor(actors=k)) for k in args.actors]

@@ -66,7 +66,7 @@ class ProcessorActor:
         return pa.table({"result": pa.array(results, pa.binary())})
 
 
-def _start_ray(address: str | None, num_cpus: int) -> bool:
+def start_ray(address: str | None, num_cpus: int) -> bool:
     """Connects to ``address`` or starts Ray on this machine; False if already connected."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline: no usage reports
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # no per-run INFO lines
@@ -152,7 +152,7 @@ class RayExecutor:
         if not todo:
             return
         local_cpus = max(os.cpu_count() or 1, (self.actors or 1) * (self.cpus_per_actor or 1))
-        started = _start_ray(self.address, local_cpus)
+        started = start_ray(self.address, local_cpus)
         try:
             yield from self._run(todo, config)
         finally:

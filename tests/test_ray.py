@@ -1,5 +1,5 @@
 """Preprocessing with ``--executor ray`` (Ray Data actor pool) on a local Ray cluster, on the
-real code path (committed detector, ByteTrack, PyAV), on four 2 s synthetic videos plus
+real code path (committed detector, ByteTrack, PyAV), on three 2 s synthetic videos plus
 one corrupt file.
 
 One Ray cluster is started for the module (Ray's start-up is the slow part); runs reuse
@@ -25,9 +25,10 @@ from pipeline.preprocess import main, run
 from pipeline.processor import VideoProcessor
 from pipeline.ray_executor import ACTOR_DIED, RayExecutor
 from pipeline.runtime import REPO_ROOT
+from tests.conftest import requires_cuda
 from tests.test_preprocess import assert_same_rows, hcstvg_entry, part_ids, rows_of
 
-N_GOOD = 4
+N_GOOD = 3
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +67,14 @@ def reference(records, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray cluster for the module: 4 logical CPUs (2 actors + the killed driver's)."""
-    from pipeline.ray_executor import _start_ray
+    from pipeline.ray_executor import start_ray
 
-    assert _start_ray(None, num_cpus=4), "Ray was already running in the test process"
+    assert start_ray(None, num_cpus=4), "Ray was already running in the test process"
     import ray
+    import ray.cloudpickle
+
+    # the processors defined below travel to the actors by value (the actors cannot import tests/)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
@@ -176,9 +181,6 @@ def test_dead_actor_is_replaced_and_its_video_retried(ray_cluster, reference, re
     its actor on every try: after 1 + max_retries deaths it is recorded, the rest finish."""
     import functools
 
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     good = sorted(r.video_id for r in records if r.video_id != "corrupt")
     once, always = good[0], good[1]
     make = functools.partial(DiesOnFirstTry, die_on={once: 1, always: 99}, marks=tmp_path)
@@ -191,3 +193,38 @@ def test_dead_actor_is_replaced_and_its_video_retried(ray_cluster, reference, re
     assert sorted(reasons) == sorted([always, "corrupt"])
     want = [r for r in reference[2] if r["video_id"] != always]
     assert_same_rows(rows_of(out), want)
+
+
+def processor_on_cuda(config: PreprocessConfig) -> VideoProcessor:
+    """The processor, after checking Ray gave this actor a CUDA device."""
+    import torch
+
+    assert torch.cuda.is_available(), "the actor sees no GPU"
+    return VideoProcessor(config)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_gpu_actors_process_every_video(ray_cluster, reference, records, tmp_path):
+    """Two actors sharing one GPU (0.5 each): every video is processed, on CUDA."""
+    executor = RayExecutor(actors=2, gpus_per_actor=0.5, make_processor=processor_on_cuda)
+    manifest = run(records, tmp_path / "train", PreprocessConfig(), progress=False,
+                   executor=executor)  # fmt: skip
+    assert manifest["counts"]["videos"] == N_GOOD
+    assert [f["video_id"] for f in manifest["failures"]] == ["corrupt"]
+
+
+def test_bench_throughput_hand_computed():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_pre", REPO_ROOT / "bench" / "preprocess.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # start at t=10; videos of 30, 50, 20 frames finish at t=12, 14, 16
+    got = bench.throughput(10.0, [(12.0, 30), (14.0, 50), (16.0, 20)])
+    # end to end 100 frames / 6 s; after start-up (50 + 20) frames / (16 - 12) s
+    assert got == pytest.approx({"frames": 100, "videos": 3, "seconds": 6.0,
+                                 "end_to_end": 100 / 6, "steady": 70 / 4})  # fmt: skip
+    assert bench.throughput(0.0, [(2.0, 10)])["steady"] is None  # one video: no steady rate
