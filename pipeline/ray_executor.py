@@ -133,20 +133,23 @@ class RayExecutor:
         gpus = self.gpus_per_actor
         if gpus is None:
             gpus = 1.0 if total.get("GPU", 0) >= 1 else 0.0
-        cpus = self.cpus_per_actor or 1
-        if self.cpus_per_actor is None and not self.address and self.actors:
-            cpus = max(1, (os.cpu_count() or 1) // self.actors)
         actors = self.actors
         if actors is None:
-            by_gpu = int(total.get("GPU", 0) // gpus) if gpus > 0 else None
-            actors = by_gpu if by_gpu is not None else int(total.get("CPU", 1) // cpus)
+            per_cpu = self.cpus_per_actor or 1
+            actors = int(
+                total.get("GPU", 0) // gpus if gpus > 0 else total.get("CPU", 0) // per_cpu
+            )
             if actors < 1:
                 raise ValueError(
-                    f"the Ray cluster has {total.get('GPU', 0)} GPUs and "
-                    f"{total.get('CPU', 0)} CPUs: not enough for one actor of "
-                    f"{gpus} GPU and {cpus} CPU"
+                    f"the Ray cluster has {total.get('GPU', 0):g} GPUs and "
+                    f"{total.get('CPU', 0):g} CPUs: not enough for one actor of {gpus:g} GPU "
+                    f"and {per_cpu} CPU"
                 )
-        return max(1, min(actors, todo)), gpus, cpus
+        actors = min(actors, todo)
+        cpus = self.cpus_per_actor
+        if cpus is None:  # this machine's cores shared out; on a cluster, one each
+            cpus = 1 if self.address else max(1, int(total.get("CPU", 1)) // actors)
+        return actors, gpus, cpus
 
     def __call__(self, todo: Sequence[VideoRecord], config: PreprocessConfig) -> Iterator[Result]:
         if not todo:
