@@ -25,10 +25,12 @@ from pipeline.preprocess import main, run
 from pipeline.processor import VideoProcessor
 from pipeline.ray_executor import ACTOR_DIED, RayExecutor
 from pipeline.runtime import REPO_ROOT
-from tests.conftest import requires_cuda
+from tests.conftest import cuda_available, requires_cuda
 from tests.test_preprocess import assert_same_rows, hcstvg_entry, part_ids, rows_of
 
 N_GOOD = 3
+# actors compute where the reference run does: on CUDA when there is one (two share it)
+GPUS = 0.5 if cuda_available() else 0.0
 
 
 @pytest.fixture(scope="module")
@@ -108,19 +110,22 @@ def test_bad_ray_settings_are_refused(hc_root, tmp_path, capsys):
     assert code == 2 and "--gpus-per-actor must be >= 0" in capsys.readouterr().err
 
 
-def test_ray_run_resumes_a_local_run_and_gives_the_same_folder(
+def test_ray_and_local_runs_resume_each_other_and_give_the_same_folder(
     ray_cluster, reference, records, tmp_path
 ):
     """A local run stopped after 2 videos, finished by 2 Ray actors: the same rows (every
     column, JPEG bytes included) and manifest as one uninterrupted local run; the corrupt
-    video, which raises inside an actor, is recorded and the others finish."""
+    video, which raises inside an actor, is recorded and the others finish. A local rerun
+    then takes the Ray run's folder as its own: nothing to redo but the failed video."""
     _, ref_manifest, ref_rows = reference
     out = tmp_path / "train"
     run(records, out, PreprocessConfig(), limit=2, progress=False, meta={"split": "train"})
     first = set(part_ids(out))
+    assert len(first) == 2
     manifest = run(records, out, PreprocessConfig(), progress=False, meta={"split": "train"},
-                   executor=RayExecutor(actors=2), videos_per_file=1)  # fmt: skip
-    assert manifest["last_run"]["videos_processed"] == len(records) - len(first) - 1
+                   executor=RayExecutor(actors=2, gpus_per_actor=GPUS), videos_per_file=1)  # fmt: skip
+    assert manifest["last_run"]["videos_processed"] == N_GOOD - 2
+    assert manifest["last_run"]["videos_failed"] == 1
     ids = part_ids(out)
     assert len(ids) == len(set(ids)) == N_GOOD
     assert_same_rows(rows_of(out), ref_rows)
@@ -129,12 +134,17 @@ def test_ray_run_resumes_a_local_run_and_gives_the_same_folder(
     assert [e["video_id"] for e in logged] == ["corrupt"]
     assert logged[0]["reason"].startswith("DecodeError")
 
+    again = run(records, out, PreprocessConfig(), progress=False, meta={"split": "train"})
+    assert (again["last_run"]["videos_processed"], again["last_run"]["videos_failed"]) == (0, 1)
+    assert_same_rows(rows_of(out), ref_rows)
+
 
 def test_killed_ray_driver_rerun_gives_every_video_once(ray_cluster, reference, hc_root, tmp_path):
     out = tmp_path / "train"
     cmd = [sys.executable, "-m", "pipeline.preprocess", "--dataset", "synthetic",
            "--root", str(hc_root), "--out", str(out), "--videos-per-file", "1", "--no-progress",
-           "--executor", "ray", "--ray-address", ray_cluster, "--actors", "1"]  # fmt: skip
+           "--executor", "ray", "--ray-address", ray_cluster, "--actors", "1",
+           "--gpus-per-actor", str(GPUS)]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     while proc.poll() is None and not list(out.glob("part-*.parquet")):
@@ -184,7 +194,7 @@ def test_dead_actor_is_replaced_and_its_video_retried(ray_cluster, reference, re
     good = sorted(r.video_id for r in records if r.video_id != "corrupt")
     once, always = good[0], good[1]
     make = functools.partial(DiesOnFirstTry, die_on={once: 1, always: 99}, marks=tmp_path)
-    executor = RayExecutor(actors=2, max_retries=1, make_processor=make)
+    executor = RayExecutor(actors=2, gpus_per_actor=GPUS, max_retries=1, make_processor=make)
     out = tmp_path / "train"
     manifest = run(records, out, PreprocessConfig(), progress=False, executor=executor)
     reasons = {f["video_id"]: f["reason"] for f in manifest["failures"]}
@@ -205,7 +215,7 @@ def processor_on_cuda(config: PreprocessConfig) -> VideoProcessor:
 
 @pytest.mark.gpu
 @requires_cuda
-def test_gpu_actors_process_every_video(ray_cluster, reference, records, tmp_path):
+def test_gpu_actors_process_every_video(ray_cluster, records, tmp_path):
     """Two actors sharing one GPU (0.5 each): every video is processed, on CUDA."""
     executor = RayExecutor(actors=2, gpus_per_actor=0.5, make_processor=processor_on_cuda)
     manifest = run(records, tmp_path / "train", PreprocessConfig(), progress=False,
