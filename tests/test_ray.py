@@ -69,10 +69,16 @@ def reference(records, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray cluster for the module: 4 logical CPUs (2 actors + the killed driver's)."""
+    import ray
+
     from pipeline.ray_executor import start_ray
 
-    assert start_ray(None, num_cpus=4), "Ray was already running in the test process"
-    import ray
+    assert not ray.is_initialized(), "Ray was already running in the test process"
+    try:
+        start_ray(None, num_cpus=4)  # Ray picks free ports for a local cluster
+    except Exception:  # a port taken meanwhile by another cluster on this machine: once more
+        ray.shutdown()
+        start_ray(None, num_cpus=4)
     import ray.cloudpickle
 
     # the processors defined below travel to the actors by value (the actors cannot import tests/)
@@ -167,9 +173,9 @@ def test_killed_ray_driver_rerun_gives_every_video_once(ray_cluster, reference, 
     same_manifest(manifest, reference[1])
 
 
-class DiesOnFirstTry(VideoProcessor):
-    """Kills its actor's process the first time it meets each video in ``die_on`` (a marker
-    file, shared by the restarted actor, says it was met), as the OOM killer would."""
+class DiesOnFirstTries(VideoProcessor):
+    """Kills its actor's process on the first ``die_on[video_id]`` tries of a video, as the
+    OOM killer would; marker files in ``marks`` count the tries across actor restarts."""
 
     def __init__(self, config, die_on: dict[str, int], marks: Path):
         super().__init__(config)
@@ -193,7 +199,7 @@ def test_dead_actor_is_replaced_and_its_video_retried(ray_cluster, reference, re
 
     good = sorted(r.video_id for r in records if r.video_id != "corrupt")
     once, always = good[0], good[1]
-    make = functools.partial(DiesOnFirstTry, die_on={once: 1, always: 99}, marks=tmp_path)
+    make = functools.partial(DiesOnFirstTries, die_on={once: 1, always: 99}, marks=tmp_path)
     executor = RayExecutor(actors=2, gpus_per_actor=GPUS, max_retries=1, make_processor=make)
     out = tmp_path / "train"
     manifest = run(records, out, PreprocessConfig(), progress=False, executor=executor)
