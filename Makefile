@@ -32,7 +32,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]' $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[dev,ray]' $(TORCH_PINS)
 	@# Ultralytics pulls GUI opencv-python beside the headless wheel; both own cv2/. Keep exactly one: headless.
 	$(PY) -m pip uninstall -q -y opencv-python opencv-python-headless
 	$(PY) -m pip install -q --no-deps "opencv-python-headless>=4.10"

@@ -16,12 +16,20 @@ for one ``--repeat`` times as long (target: within 1.2x, i.e. streaming), and wh
 video adds over the process with its model loaded (the part that would grow if frames
 were held).
 ``--profile`` prints the pipeline's cProfile top functions. No wall-clock assertion anywhere.
+
+``--executor ray`` benchmarks the Ray executor instead: ``--videos`` synthetic clips run
+through :func:`pipeline.preprocess.run` in one process (the baseline), then through a
+Ray Data pool of 1 and 2 actors (``--actors``) on a local Ray cluster started once, and
+the frames/s of each are printed with their ratio to the baseline: end to end (model
+loading and actor start-up included) and after start-up (from the first finished video
+to the last, that video's frames left out).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -139,6 +147,63 @@ def measure(kind: str, path: Path, runs: int = 1, profile: bool = False) -> dict
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _timed(executor, clock: list):
+    """Wraps an executor so that each result's arrival time and frame count are noted."""
+
+    def run(todo, config):
+        for result in executor(todo, config):
+            stats = result[2] or {}
+            clock.append((time.perf_counter(), stats.get("frames_tracked", 0)))
+            yield result
+
+    return run
+
+
+def throughput(start: float, clock: list[tuple[float, int]]) -> dict:
+    """frames/s end to end (from ``start``) and after start-up (first result to last, the
+    first video's frames left out)."""
+    frames = sum(n for _, n in clock)
+    first, last = clock[0][0], clock[-1][0]
+    steady = (frames - clock[0][1]) / (last - first) if len(clock) > 1 and last > first else None
+    return {"frames": frames, "videos": len(clock), "seconds": last - start,
+            "end_to_end": frames / (last - start), "steady": steady}  # fmt: skip
+
+
+def executor_bench(args) -> None:
+    """Single process against Ray Data pools of each ``--actors`` size, on the same videos."""
+    from pipeline.config import PreprocessConfig
+    from pipeline.datasets import iter_records
+    from pipeline.preprocess import run
+    from pipeline.ray_executor import RayExecutor, start_ray
+    from pipeline.synthetic import generate
+    from pipeline.workers import run_serial
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(Path(tmp) / "raw", num_train=args.videos, num_test=0, det_train=0,
+                 det_val=0, duration_s=args.seconds, formats=("hcstvg",), progress=False)  # fmt: skip
+        records = list(iter_records("synthetic", "train", root=Path(tmp) / "raw" / "hcstvg"))
+        t0 = time.perf_counter()
+        start_ray(None, max(os.cpu_count() or 1, max(args.actors)))
+        print(f"ray.init (local cluster)  : {time.perf_counter() - t0:6.1f} s, not counted below")
+        sides = [("single process", run_serial)]
+        sides += [(f"ray, {k} actor(s)", RayExecutor(actors=k)) for k in args.actors]
+        results = {}
+        for name, executor in sides:
+            clock: list = []
+            start = time.perf_counter()
+            out = Path(tmp) / name.replace(" ", "_").replace(",", "")
+            run(records, out, PreprocessConfig(), progress=False, executor=_timed(executor, clock))
+            results[name] = throughput(start, clock)
+    base = results["single process"]
+    print(f"{len(records)} videos of {args.seconds:g} s, {base['frames']} frames tracked; "
+          f"{os.cpu_count()} CPU cores")  # fmt: skip
+    print(f"{'':24s} {'frames/s':>9s} {'ratio':>6s} {'after start-up':>15s} {'ratio':>6s} {'wall s':>7s}")  # fmt: skip
+    for name, r in results.items():
+        steady = r["steady"] or float("nan")
+        print(f"{name:24s} {r['end_to_end']:9.2f} {r['end_to_end'] / base['end_to_end']:5.2f}x "
+              f"{steady:15.2f} {steady / (base['steady'] or float('nan')):5.2f}x {r['seconds']:7.1f}")  # fmt: skip
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -148,8 +213,23 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=3, help="fresh processes per side (median)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per process (best)")
     p.add_argument("--profile", action="store_true", help="cProfile one pipeline run")
+    p.add_argument(
+        "--executor",
+        choices=("ray",),
+        help="benchmark the Ray executor against a single process instead (needs the ray extra)",
+    )
+    p.add_argument("--videos", type=int, default=8, help="--executor ray: synthetic videos")
+    p.add_argument(
+        "--actors",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 2],
+        help="--executor ray: pool sizes, comma-separated",
+    )
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.executor == "ray":
+        executor_bench(args)
+        return 0
     if args.child:
         kind, path, runs = args.child
         _child(kind, path, int(runs), args.profile)

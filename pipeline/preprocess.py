@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +44,7 @@ from pipeline.output import (
 from pipeline.records import VideoRecord
 from pipeline.runtime import DATA_DIR, resolve
 from pipeline.shards import read_video_ids, write_json_atomic, write_shard
-from pipeline.workers import run_parallel, run_serial
+from pipeline.workers import Result, run_parallel, run_serial
 
 
 @dataclass
@@ -71,8 +71,12 @@ def run(
     overwrite: bool = False,
     progress: bool = True,
     meta: dict | None = None,
+    executor: Callable[[list[VideoRecord], PreprocessConfig], Iterator[Result]] | None = None,
 ) -> dict:
     """Process ``records`` into ``out_dir``; returns the manifest (also written to disk).
+
+    ``executor`` runs the videos and yields one result per video (None: this process, or
+    ``workers`` processes); e.g. :class:`pipeline.ray_executor.RayExecutor`.
 
     Raises:
         ValueError: bad arguments or duplicate video ids.
@@ -112,7 +116,9 @@ def run(
             write_shard(next(parts), sorted(pending, key=lambda r: r["video_id"]), row_group_size=1)
             pending.clear()
 
-    if workers > 1 and len(todo) > 1:
+    if executor is not None:
+        results = executor(todo, config)
+    elif workers > 1 and len(todo) > 1:
         results = run_parallel(todo, config, min(workers, len(todo)))
     else:
         results = run_serial(todo, config)
@@ -220,6 +226,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, default=1, help="parallel worker processes (each loads the detector)"
     )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine's processes (--workers); ray: a Ray Data actor pool, on a "
+        "Ray cluster (--ray-address) or started on this machine (pip install -e '.[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="Ray cluster to run on (auto, HOST:PORT); default: start Ray on this machine",
+    )
+    p.add_argument(
+        "--actors",
+        type=int,
+        help="Ray actors, each loading the detector (default: as many as the cluster's GPUs, "
+        "or CPUs without GPUs, allow)",
+    )
+    p.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        help="GPUs each Ray actor reserves (default: 1 if the cluster has GPUs, else 0)",
+    )
     p.add_argument("--videos-per-file", type=int, default=4, help="videos per atomic part file")
     p.add_argument("--limit", type=int, help="process at most N videos (after sharding)")
     p.add_argument("--num-shards", type=int, default=1, help="split the dataset over N machines")
@@ -241,6 +269,15 @@ def config_from_args(args: argparse.Namespace, spec_classes=None) -> PreprocessC
     values["classes"] = tuple(classes) if classes else None
     values["max_side"] = values["max_side"] or None
     return PreprocessConfig(**values)
+
+
+def _executor_from_args(args: argparse.Namespace):
+    """The Ray executor ``--executor ray`` asks for (None: the local runners)."""
+    if args.executor != "ray":
+        return None
+    from pipeline.ray_executor import RayExecutor
+
+    return RayExecutor(args.ray_address, args.actors, args.gpus_per_actor)
 
 
 def _error(message: str) -> int:
@@ -278,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             limit=args.limit,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            executor=_executor_from_args(args),
             meta={
                 "dataset": args.dataset,
                 "split": args.split,
