@@ -17,7 +17,7 @@ from pipeline.geometry import mask_to_rle
 from pipeline.records import GTObject, QueryRecord, Track
 from pipeline.shards import make_row, read_videos, write_shard
 from trainer.evaluate import clip_duration_s, evaluate, main, score_sample
-from trainer.metrics import temporal_iou
+from trainer.metrics import FRAME_GRID, temporal_iou
 from trainer.prompt import parse_answer
 
 SIDE = 64
@@ -165,7 +165,11 @@ def test_oracle_on_hand_built_shards(box_shards, tmp_path):
         "| model | m_tIoU | m_vIoU | vIoU@0.3 | vIoU@0.5 | id_acc | n |",
         "|---|---|---|---|---|---|---|",
         "| oracle | 100.0 | 50.0 | 75.0 | 50.0 | 75.0 | 4 |",
+        "",
+        f"vIoU frames: {FRAME_GRID}.",  # the evaluated frames are stated with the numbers
     ]
+    assert s["frame_grid"] == FRAME_GRID and s["protocol"] == "official"
+    assert s["n_failed"] == 0 and s["protocols"]["official"]["n_left_out"] == 0
     first = rows[0]
     assert first["pred_ids"] == [1] and first["pred_span_s"] == [1.0, 3.0]
     assert first["gt_ids"] == [1] and first["gt_span_s"] == [1.0, 3.0]
@@ -289,7 +293,7 @@ def test_j_and_f_from_track_masks(tmp_path):
     assert o["F"] == pytest.approx(100 * (1 + 0.75 + rows["c3"]["F"]) / 3)
     assert o["J&F"] == pytest.approx((o["J"] + o["F"]) / 2)
     assert s["by_qtype"]["referring"]["J&F"] == pytest.approx(o["J&F"])
-    header, _, line = (tmp_path / "out" / "metrics.md").read_text().splitlines()
+    header, _, line, *_ = (tmp_path / "out" / "metrics.md").read_text().splitlines()
     assert header.endswith("| J&F | n |") and line.endswith(f"| {o['J&F']:.1f} | 3 |")
 
 

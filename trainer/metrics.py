@@ -38,7 +38,8 @@ FRAME_GRID = (
 SPAN_TOLERANCE_S = 1e-3  # a frame time this close to a span end is on it (float32 shard times)
 
 
-def _valid_span(span_s) -> tuple[float, float] | None:
+def valid_span(span_s) -> tuple[float, float] | None:
+    """``(start, end)`` as floats, or None for a missing, non-finite or reversed span."""
     if span_s is None:
         return None
     try:
@@ -53,7 +54,7 @@ def _valid_span(span_s) -> tuple[float, float] | None:
 def temporal_iou(pred_span_s, gt_span_s) -> float:
     """IoU of two ``(start_s, end_s)`` spans; 0 if either is None, reversed, non-finite
     or if the union has zero length."""
-    p, g = _valid_span(pred_span_s), _valid_span(gt_span_s)
+    p, g = valid_span(pred_span_s), valid_span(gt_span_s)
     if p is None or g is None:
         return 0.0
     inter = max(0.0, min(p[1], g[1]) - max(p[0], g[0]))
@@ -89,7 +90,7 @@ def tube_viou(
     ``SPAN_TOLERANCE_S`` of a span end counts as on it). Returns 0 when S_u is empty or
     either span is missing.
     """
-    p, g = _valid_span(pred_span_s), _valid_span(gt_span_s)
+    p, g = valid_span(pred_span_s), valid_span(gt_span_s)
     if p is None or g is None:
         return 0.0
     times = np.asarray(times_s, dtype=np.float64).reshape(-1)  # (T,)
@@ -132,7 +133,7 @@ def predicted_tube(
     """
     times = np.asarray(times_s, dtype=np.float64).reshape(-1)
     out: dict[float, np.ndarray | None] = {float(t): None for t in times}
-    span = _valid_span(span_s)
+    span = valid_span(span_s)
     by_id = {t.id: t for t in tracks}
     chosen = [by_id[i] for i in dict.fromkeys(int(i) for i in ids) if i in by_id]
     if span is None or not chosen or times.size == 0:
@@ -223,10 +224,12 @@ def sample_metrics(
     }
 
 
-def summarize(results: Iterable[Mapping]) -> dict:
+def summarize(results: Iterable[Mapping], *, inclusive: bool = False) -> dict:
     """Benchmark numbers in percent: m_tIoU, m_vIoU, vIoU@0.3, vIoU@0.5 (a sample counts
-    when its vIoU is *strictly* greater than R), plus ``n``; ``id_acc`` when samples carry
-    ``id_correct``; J, F, J&F when they carry ``J`` and ``F``. Empty input gives NaN."""
+    when its vIoU is *strictly* greater than R, the official evaluators' rule; with
+    ``inclusive``, when it is >= R, the STVG-R1 evaluator's), plus ``n``; ``id_acc`` when
+    samples carry ``id_correct``; J, F, J&F when they carry ``J`` and ``F``. Empty input
+    gives NaN."""
     rows = list(results)
     out: dict = {"n": len(rows)}
 
@@ -245,8 +248,9 @@ def summarize(results: Iterable[Mapping]) -> dict:
     tiou, v = column("tiou", True), column("viou", True)
     out["m_tIoU"] = pct(tiou)
     out["m_vIoU"] = pct(v)
-    out["vIoU@0.3"] = pct(None if v is None else (v > 0.3).astype(np.float64))
-    out["vIoU@0.5"] = pct(None if v is None else (v > 0.5).astype(np.float64))
+    for r in (0.3, 0.5):
+        hit = None if v is None else (v >= r if inclusive else v > r).astype(np.float64)
+        out[f"vIoU@{r}"] = pct(hit)
     ids = column("id_correct", False)
     if ids is not None:
         out["id_acc"] = pct(ids)
