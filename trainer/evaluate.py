@@ -148,8 +148,8 @@ def evaluate(
     Writes ``predictions.jsonl`` (one line per scored query), ``metrics.json`` and
     ``metrics.md`` into ``out_dir``. Returns the summary of the first of ``protocols``:
     ``overall`` and ``by_qtype`` (plus ``by_dataset`` when the shards mix datasets) in
-    percent, with ``protocols`` (every protocol's summary), ``frame_grid`` (the evaluated
-    frames), ``n_queries`` scored, ``n_failed`` and ``n_skipped_no_gt``.
+    percent, with ``protocols`` (every protocol's summary), ``frame_grid`` and ``native_fps``
+    (the evaluated frames), ``n_queries`` scored, ``n_failed`` and ``n_skipped_no_gt``.
 
     ``submission`` (``{"path", "records"}``, see :func:`trainer.submission.write_submission`)
     also answers the queries without ground truth and writes the benchmark file.
@@ -187,7 +187,8 @@ def evaluate(
         by_protocol = protocol_summaries(results, protocols)
         summary.update(by_protocol[protocols[0]], protocol=protocols[0], protocols=by_protocol)
     summary.update(
-        frame_grid=FRAME_GRID, n_queries=len(results),
+        frame_grid=FRAME_GRID, native_fps=sorted({float(v.native_fps) for v, _ in items}),
+        n_queries=len(results),
         n_failed=sum(bool(r.get("error")) for r in results), n_skipped_no_gt=no_gt,
     )  # fmt: skip
     write_json_atomic(out_dir / "metrics.json", summary)

@@ -296,12 +296,16 @@ def protocol_summaries(results: Sequence[dict], protocols: Sequence[str]) -> dic
 
 
 def markdown_table(summaries: dict[str, dict]) -> str:
-    """One row per model/baseline and protocol: the headline metrics in percent. Rows of a
-    protocol other than ``official`` are labelled ``<model> (<protocol>)``."""
+    """One row per model/baseline and protocol: the headline metrics in percent. The
+    ``official`` rows come first; other protocols' rows follow, labelled
+    ``<model> (<protocol>)``."""
     rows = []
-    for name, s in summaries.items():
-        for protocol, ps in s.get("protocols", {"official": s}).items():
-            rows.append((name if protocol == "official" else f"{name} ({protocol})", ps["overall"]))
+    for protocol in PROTOCOLS:
+        for name, s in summaries.items():
+            ps = s.get("protocols", {"official": s}).get(protocol)
+            if ps is not None:
+                label = name if protocol == "official" else f"{name} ({protocol})"
+                rows.append((label, ps["overall"]))
     cols = ["m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5", "id_acc", "J&F", "n"]
     present = [c for c in cols if any(c in o for _, o in rows)]
     lines = ["| model | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
