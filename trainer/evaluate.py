@@ -2,11 +2,15 @@
 
     python -m trainer.evaluate --model data/runs/train/final --dataset synthetic --split test
     python -m trainer.evaluate --model oracle --dataset synthetic --split test
+    python -m trainer.evaluate --model oracle --protocol official stvg_r1
+    python -m trainer.evaluate --model M --dataset mevis --split valid --export-submission s.zip
 
 The predicted IDs become per-frame boxes (and masks, when the shards hold them) taken
-from the stored tracks at the ground-truth times; an ID absent in a frame scores 0
-there. Writes ``metrics.json``, ``metrics.md`` and ``predictions.jsonl``, with a
-breakdown by dataset and query type.
+from the stored tracks on every native frame of the spans; an ID absent in a frame scores
+0 there (the official vIoU, :func:`trainer.metrics.tube_viou`; ``--protocol stvg_r1`` adds
+the STVG-R1 release's conventions, :mod:`trainer.protocols`). Writes ``metrics.json``,
+``metrics.md`` and ``predictions.jsonl``, with a breakdown by dataset and query type, and
+with ``--export-submission`` a benchmark submission file (:mod:`trainer.submission`).
 
 Baselines need no model and go through the same scoring code:
 ``oracle`` (matched IDs + ground-truth span: the ceiling set by detection and tracking),
