@@ -20,6 +20,12 @@ from pathlib import Path
 
 from pipeline.runtime import DATA_DIR, RUNS_DIR, resolve
 
+DEMO_PROTOCOLS = ("official", "stvg_r1")
+TABLE_NOTE = (
+    "vIoU on every native frame of the union of the predicted and ground-truth spans; rows "
+    "marked (stvg_r1) follow the STVG-R1 release's evaluator (docs/DESIGN.md, Metrics)."
+)
+
 
 def _step(title: str) -> float:
     print(f"\n== {title}", flush=True)
@@ -43,11 +49,21 @@ def evaluated_models(train_dir: Path, final: Path) -> list[tuple[str, str]]:
     return [*models, ("grpo-tiny", str(final))]
 
 
-DEMO_PROTOCOLS = ("official", "stvg_r1")
-TABLE_NOTE = (
-    "vIoU on every native frame of the union of the predicted and ground-truth spans; rows "
-    "marked (stvg_r1) follow the STVG-R1 release's evaluator (docs/DESIGN.md, Metrics)."
-)
+def evaluate_all(out: Path, final: Path, test_shards: Path, cfg) -> str:
+    """Evaluate the trained models and the baselines under both protocols, fed as ``cfg``
+    trained them; writes ``<out>/eval/<label>/`` and ``<out>/metrics.md``, returns the table."""
+    from trainer.evaluate import BASELINES, evaluate, markdown_table
+
+    summaries = {}
+    models = [*evaluated_models(out / "train", final), *((b, b) for b in BASELINES)]
+    for label, name in models:
+        summaries[label] = evaluate(name, test_shards, out / "eval" / label, template=cfg.template,
+                                    max_new_tokens=cfg.max_new_tokens, fps=cfg.fps,
+                                    max_frames=cfg.max_frames, total_pixels=cfg.total_pixels,
+                                    protocols=DEMO_PROTOCOLS, progress=False)  # fmt: skip
+    table = markdown_table(summaries)
+    (out / "metrics.md").write_text(table + "\n" + TABLE_NOTE + "\n")
+    return table
 
 
 def run_demo(
@@ -66,7 +82,6 @@ def run_demo(
     from pipeline.preprocess import run
     from pipeline.synthetic import generate
     from trainer.config import load_config
-    from trainer.evaluate import BASELINES, evaluate, markdown_table
     from trainer.predict import predict
     from trainer.tiny import ensure_tiny_model
     from trainer.train import train
@@ -114,15 +129,7 @@ def run_demo(
 
     t = _step("4/6 evaluation: trained models and baselines")
     test_shards = shard_root / test_split
-    summaries = {}
-    models = [*evaluated_models(out / "train", final), *((b, b) for b in BASELINES)]
-    for label, name in models:
-        summaries[label] = evaluate(name, test_shards, out / "eval" / label, template=cfg.template,
-                                    max_new_tokens=cfg.max_new_tokens, fps=cfg.fps,
-                                    max_frames=cfg.max_frames, total_pixels=cfg.total_pixels,
-                                    protocols=DEMO_PROTOCOLS, progress=False)  # fmt: skip
-    table = markdown_table(summaries)
-    (out / "metrics.md").write_text(table + "\n" + TABLE_NOTE + "\n")
+    table = evaluate_all(out, final, test_shards, cfg)
     timings["eval_s"] = time.perf_counter() - t
 
     t = _step("5/6 overlaid ID video")
