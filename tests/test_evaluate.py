@@ -389,9 +389,16 @@ def test_cli_help():
         [sys.executable, "-m", "trainer.evaluate", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    for flag in ("--model", "--shards", "--out", "--template", "--limit"):
+    for flag in ("--model", "--shards", "--out", "--template", "--limit", "--protocol",
+                 "--export-submission"):  # fmt: skip
         assert flag in out.stdout
-    assert "oracle" in out.stdout
+    assert "oracle" in out.stdout and "(default: None)" not in out.stdout
+    from trainer.evaluate import build_parser
+
+    parser = build_parser()
+    for action in parser._actions:  # every option has help and says its default once
+        text = parser._get_formatter()._get_help_string(action)
+        assert text.strip() and text.count("default") <= 1, (action.option_strings, text)
 
 
 def test_cli_oracle_writes_three_files(box_shards, tmp_path, capsys):

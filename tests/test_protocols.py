@@ -14,8 +14,7 @@ import pytest
 
 from pipeline.records import GTObject, QueryRecord, Track
 from pipeline.shards import ShardVideo
-from trainer.evaluate import score_answers
-from trainer.protocols import fallback_boxes, protocol_summaries, stvg_r1_viou
+from trainer.protocols import fallback_boxes, protocol_summaries, score_answers, stvg_r1_viou
 
 A = [0, 0, 10, 10]
 C = [0, 0, 10, 20]  # IoU(A, C) = 1/2

@@ -30,7 +30,13 @@ import numpy as np
 from pipeline.records import QueryRecord
 from pipeline.runtime import DATA_DIR, RUNS_DIR, resolve
 from pipeline.shards import ShardVideo
-from trainer.protocols import PROTOCOLS, markdown_table, protocol_summaries, score_sample
+from trainer.protocols import (
+    PROTOCOLS,
+    markdown_table,
+    protocol_summaries,
+    score_answers,
+    score_sample,
+)
 
 __all__ = ["BASELINES", "baseline_answer", "evaluate", "main", "markdown_table", "score_sample"]
 
@@ -97,35 +103,6 @@ def eval_items(
         if limit is not None and len(items) >= limit:
             break
     return items, no_gt
-
-
-def score_answers(items, answers, *, max_gap_s: float, protocols: Sequence[str]) -> list[dict]:
-    """One result row per annotated item: its scores under ``protocols`` and its identity. An
-    answer that failed (its ``error`` is set) or whose scoring raised gets
-    :func:`~trainer.protocols.failed_sample` with the reason."""
-    from trainer.protocols import failed_sample, score_sample
-
-    results = []
-    for (video, query), (ids, span, text, error) in zip(items, answers, strict=True):
-        if not query.gt:
-            continue
-        try:
-            r = None if error else score_sample(video, query, ids, span, max_gap_s=max_gap_s,
-                                                protocols=protocols)  # fmt: skip
-        except Exception as exc:  # recorded in the row and counted, never silently dropped
-            error = f"scoring failed: {exc!r}"
-        if error:
-            r = failed_sample(error, protocols)
-        r.update(
-            video_id=video.video_id, query_id=query.query_id, dataset=video.dataset,
-            qtype=query.qtype, pred_ids=list(ids),
-            pred_span_s=None if span is None else [float(span[0]), float(span[1])],
-            gt_ids=list(query.target_ids), gt_span_s=list(query.span_s),
-        )  # fmt: skip
-        if text is not None:
-            r["completion"] = text
-        results.append(r)
-    return results
 
 
 def evaluate(
@@ -242,6 +219,17 @@ def _model_answers(model, items, *, template, rollout, max_new_tokens, fps, max_
     return out
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: …)`` only where the help does not already say the default, and never
+    for an unset (None) default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trainer.evaluate",
@@ -251,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
             "ID accuracy, and J&F when masks are stored; under the official protocol and/or "
             "the STVG-R1 release's; optionally write a benchmark submission file."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
         "--model",
@@ -296,11 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollout", default="hf", choices=["hf", "vllm"], help="generation engine")
     p.add_argument("--limit", type=int, help="score at most N queries")
     # model inputs: default to what the checkpoint was trained with (its train_config.yaml)
-    p.add_argument("--max-new-tokens", type=int, help="default: training config, else 256")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="longest answer in tokens (default: training config, else 256)",
+    )
     p.add_argument(
         "--fps", type=float, help="frames/s given to the model (default: training config, else 2)"
     )
-    p.add_argument("--max-frames", type=int, help="default: training config, else 32")
+    p.add_argument(
+        "--max-frames",
+        type=int,
+        help="frames given to the model (default: training config, else 32)",
+    )
     p.add_argument(
         "--total-pixels",
         type=int,

@@ -234,6 +234,33 @@ def failed_sample(error: str, protocols: Sequence[str] = ("official",)) -> dict:
     return row
 
 
+def score_answers(items, answers, *, max_gap_s: float, protocols: Sequence[str]) -> list[dict]:
+    """One result row per annotated item: its scores under ``protocols`` and its identity. An
+    answer that failed (its ``error`` is set) or whose scoring raised gets
+    :func:`~trainer.protocols.failed_sample` with the reason."""
+    results = []
+    for (video, query), (ids, span, text, error) in zip(items, answers, strict=True):
+        if not query.gt:
+            continue
+        try:
+            r = None if error else score_sample(video, query, ids, span, max_gap_s=max_gap_s,
+                                                protocols=protocols)  # fmt: skip
+        except Exception as exc:  # recorded in the row and counted, never silently dropped
+            error = f"scoring failed: {exc!r}"
+        if error:
+            r = failed_sample(error, protocols)
+        r.update(
+            video_id=video.video_id, query_id=query.query_id, dataset=video.dataset,
+            qtype=query.qtype, pred_ids=list(ids),
+            pred_span_s=None if span is None else [float(span[0]), float(span[1])],
+            gt_ids=list(query.target_ids), gt_span_s=list(query.span_s),
+        )  # fmt: skip
+        if text is not None:
+            r["completion"] = text
+        results.append(r)
+    return results
+
+
 def protocol_rows(rows: Sequence[dict], protocol: str) -> list[dict]:
     """The samples a protocol averages, each with that protocol's ``viou``: every row for
     ``official`` (a failed one scores 0); for ``stvg_r1`` the rows that did not fail, with
