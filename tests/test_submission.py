@@ -96,6 +96,10 @@ def test_cli_export_submission(mevis_valid, tmp_path, capsys):
               "--no-progress"])  # fmt: skip
     assert "wrote " + str(out) in capsys.readouterr().out
     read_back(out, mevis_valid["records"])
+    with pytest.raises(SystemExit, match=r"submissions are mask PNGs: name the file \*\.zip"):
+        main(["--model", "largest", "--shards", str(mevis_valid["shards"]), "--dataset",
+              "synthetic-mevis", "--split", "valid_u", "--raw-root", str(mevis_valid["mevis"]),
+              "--export-submission", str(tmp_path / "sub.json")])  # fmt: skip
     with pytest.raises(SystemExit, match="needs the raw synthetic-mevis/nope"):
         main(["--model", "largest", "--shards", str(mevis_valid["shards"]), "--dataset",
               "synthetic-mevis", "--split", "nope", "--export-submission", str(out)])  # fmt: skip

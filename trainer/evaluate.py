@@ -363,7 +363,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     submission = None
     if args.export_submission:
+        from trainer.submission import check_path
+
         records = _submission_records(dataset, args.split, args.raw_root)
+        try:
+            check_path(args.export_submission, records)
+        except ValueError as err:
+            raise SystemExit(f"error: --export-submission: {err}") from None
         submission = {"path": resolve(args.export_submission), "records": records}
     from trainer.config import inference_settings
 

@@ -47,13 +47,8 @@ def write_submission(
     JPEG-folder datasets, boxes (a ``.json``) for video datasets. Queries with no answer
     (not preprocessed, or past ``--limit``) get empty masks / no boxes, with a warning."""
     path = Path(path)
-    if not records:
-        raise ValueError("no records: nothing to write a submission for")
+    check_path(path, records)
     masks = records[0].frame_files is not None
-    want = ".zip" if masks else ".json"
-    if path.suffix != want:
-        kind = "mask PNGs" if masks else "per-frame boxes"
-        raise ValueError(f"{records[0].dataset} submissions are {kind}: name the file *{want}")
     videos = {v.video_id: v for v, _ in items}
     answered = {(v.video_id, q.query_id): (a[0], a[1]) for (v, q), a in zip(items, answers)}
     missing = sum((r.video_id, q.query_id) not in answered for r in records for q in r.queries)
@@ -65,6 +60,18 @@ def write_submission(
     if masks:
         return _write_masks(path, records, videos, answered, max_gap_s)
     return _write_boxes(path, records, videos, answered, max_gap_s)
+
+
+def check_path(path: str | Path, records: Sequence[VideoRecord]) -> None:
+    """Raise ValueError unless ``path`` names the file kind the records' dataset takes:
+    ``.zip`` (mask PNGs) for JPEG-folder datasets, ``.json`` (boxes) for video datasets."""
+    if not records:
+        raise ValueError("no records: nothing to write a submission for")
+    masks = records[0].frame_files is not None
+    want = ".zip" if masks else ".json"
+    if Path(path).suffix != want:
+        kind = "mask PNGs" if masks else "per-frame boxes"
+        raise ValueError(f"{records[0].dataset} submissions are {kind}: name the file *{want}")
 
 
 def native_size(record: VideoRecord) -> tuple[int, int]:
@@ -154,7 +161,7 @@ def _query_boxes(video, rec, ids, span, offset: int, max_gap_s: float) -> dict:
     entry = {"ids": [int(i) for i in ids], "span_s": None, "span_frames": None, "boxes": {}}
     if span is None:
         return entry
-    entry["span_s"] = [float(span[0]), float(span[1])]
+    entry["span_s"] = [round(float(span[0]), 6), round(float(span[1]), 6)]
     first, end = math.ceil(span[0] * rec.fps - 1e-6), math.ceil(span[1] * rec.fps - 1e-6)
     entry["span_frames"] = [offset + first, offset + end]
     chosen = [] if video is None else [t for t in video.tracks if t.id in set(entry["ids"])]
