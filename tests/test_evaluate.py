@@ -446,3 +446,21 @@ def test_cli_empty_shard_folder_and_missing_model_are_clear_errors(box_shards, t
         main(["--model", "nobody/no-such-model", "--shards", str(box_shards),
               "--out", str(tmp_path / "o"), "--no-progress"])  # fmt: skip
     assert not (tmp_path / "o").exists()  # nothing written before the model loads
+
+
+def test_a_failed_sample_scores_zero_everywhere_in_the_official_rows():
+    """A query whose answer failed (e.g. its frames could not be read) counts as 0 in the
+    official means, J&F included; the STVG-R1 protocol leaves it out."""
+    from pipeline.shards import row_to_video
+    from trainer.protocols import protocol_summaries, score_answers
+
+    video = row_to_video(VIDEO_C)
+    items = [(video, video.query("c1")), (video, video.query("c3"))]
+    answers = [((1,), (0.0, 0.75), None, None), ((1,), (0.0, 0.75), None, "inputs failed: x")]
+    rows = score_answers(items, answers, max_gap_s=0.5, protocols=("official", "stvg_r1"))
+    assert rows[0]["J&F"] == 1.0 and rows[1]["error"] == "inputs failed: x"
+    assert rows[1]["J"] == rows[1]["F"] == rows[1]["J&F"] == rows[1]["viou"] == 0.0
+    s = protocol_summaries(rows, ("official", "stvg_r1"))
+    assert s["official"]["overall"]["J&F"] == pytest.approx(50.0)  # (100 + 0) / 2
+    assert s["official"]["overall"]["m_vIoU"] == pytest.approx(50.0)
+    assert s["stvg_r1"]["overall"]["n"] == 1 and s["stvg_r1"]["n_left_out"] == 1

@@ -63,6 +63,7 @@ def test_both_protocols_on_a_hand_made_prediction_set():
     assert [r["viou"] for r in rows] == pytest.approx(OFFICIAL)
     assert [r["viou_stvg_r1"] for r in rows[:4]] == pytest.approx(STVG_R1)
     assert rows[4]["error"] == "inputs failed: corrupt frame"
+    assert "J&F" not in rows[4]  # no masks stored here: no J&F to zero
     # each differing convention moves the number the way it should:
     assert rows[1]["viou_stvg_r1"] > rows[1]["viou"]  # fallback boxes fill the ID's gaps
     assert rows[2]["viou_stvg_r1"] < rows[2]["viou"]  # int(t * fps) adds frame 1 to the union

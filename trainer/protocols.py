@@ -1,4 +1,5 @@
-"""Scoring one answer under each evaluation protocol, and the per-protocol samples to average.
+"""Scoring answers under each evaluation protocol, the samples each protocol averages, and
+the per-protocol summaries and tables.
 
 Two protocols, side by side (docs/DESIGN.md "Metrics" says where each convention comes from):
 
@@ -249,6 +250,8 @@ def score_answers(items, answers, *, max_gap_s: float, protocols: Sequence[str])
             error = f"scoring failed: {exc!r}"
         if error:
             r = failed_sample(error, protocols)
+            if has_masks(video, query):  # J&F counts it as 0 too
+                r.update({k: 0.0 for k in MASK_KEYS})
         r.update(
             video_id=video.video_id, query_id=query.query_id, dataset=video.dataset,
             qtype=query.qtype, pred_ids=list(ids),
