@@ -66,6 +66,30 @@ def evaluate_all(out: Path, final: Path, test_shards: Path, cfg) -> str:
     return table
 
 
+def preprocess_splits(spec, root: Path, shard_root: Path, *, progress: bool) -> dict:
+    """Shards of every split of ``spec`` under ``shard_root`` (reused when already there, rebuilt
+    when made by other settings); prints each split's ID quality. Returns the manifests."""
+    from pipeline.config import PreprocessConfig
+    from pipeline.datasets import iter_records
+    from pipeline.output import OutputConflictError
+    from pipeline.preprocess import run
+
+    manifests = {}
+    for split in spec.splits:
+        records = list(iter_records(spec, split, root=root))
+        kwargs = dict(progress=progress, meta={"dataset": "synthetic", "split": split})
+        try:
+            manifests[split] = run(records, shard_root / split, PreprocessConfig(), **kwargs)
+        except OutputConflictError as err:  # made by other settings: the demo owns them
+            print(f"   rebuilding {split}: {err}")
+            manifests[split] = run(records, shard_root / split, PreprocessConfig(),
+                                   overwrite=True, **kwargs)  # fmt: skip
+        c = manifests[split]["counts"]
+        print(f"   {split}: {c['videos']} videos, right IDs {100 * c['exact_rate']:.1f}%, "
+              f"mean match IoU {c['mean_match_iou']:.3f}, failed {c['videos_failed']}")  # fmt: skip
+    return manifests
+
+
 def run_demo(
     out: Path,
     *,
@@ -76,10 +100,7 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Run every step; ``data_dir`` holds raw data, shards and the tiny model."""
-    from pipeline.config import PreprocessConfig
     from pipeline.datasets import iter_records, load_specs
-    from pipeline.output import OutputConflictError
-    from pipeline.preprocess import run
     from pipeline.synthetic import generate
     from trainer.config import load_config
     from trainer.predict import predict
@@ -99,19 +120,7 @@ def run_demo(
     spec = load_specs()["synthetic"]
     root = raw / "hcstvg"
     shard_root = data_dir / "shards" / "synthetic"
-    manifests = {}
-    for split in spec.splits:
-        records = list(iter_records(spec, split, root=root))
-        kwargs = dict(progress=progress, meta={"dataset": "synthetic", "split": split})
-        try:
-            manifests[split] = run(records, shard_root / split, PreprocessConfig(), **kwargs)
-        except OutputConflictError as err:  # made by other settings: the demo owns them
-            print(f"   rebuilding {split}: {err}")
-            manifests[split] = run(records, shard_root / split, PreprocessConfig(),
-                                   overwrite=True, **kwargs)  # fmt: skip
-        c = manifests[split]["counts"]
-        print(f"   {split}: {c['videos']} videos, right IDs {100 * c['exact_rate']:.1f}%, "
-              f"mean match IoU {c['mean_match_iou']:.3f}, failed {c['videos_failed']}")  # fmt: skip
+    preprocess_splits(spec, root, shard_root, progress=progress)
     timings["preprocess_s"] = time.perf_counter() - t
     train_split, test_split = spec.splits[0], spec.splits[-1]
 
