@@ -17,7 +17,7 @@ from pipeline.geometry import mask_to_rle
 from pipeline.records import GTObject, QueryRecord, Track
 from pipeline.shards import make_row, read_videos, write_shard
 from trainer.evaluate import clip_duration_s, evaluate, main, score_sample
-from trainer.metrics import temporal_iou
+from trainer.metrics import FRAME_GRID, temporal_iou
 from trainer.prompt import parse_answer
 
 SIDE = 64
@@ -88,30 +88,32 @@ VIDEO_B = row(
     ],
 )
 
+# vIoU is the official one: spans are half-open on the evaluated frames (native 1 fps here),
+# S_u = frames in [min start, max end), S_i = frames in [max start, min end).
 # Oracle (matched IDs + ground-truth span, so tIoU = 1 everywhere):
-#   a1: track 1 == GT at 1, 2, 3                                   -> vIoU 1
-#   a2: track 2 vs GT at 2, 3, 4: IoU 1/3 each                     -> vIoU 1/3
-#   b1: track 1 at 0, 1 (IoU 1); absent at 2, 3 but in the union    -> vIoU 2/4 = 0.5
-#   b2: no target IDs: empty tube                                   -> vIoU 0, ID wrong
+#   a1: span (1, 3) holds frames 1, 2; track 1 == GT there            -> vIoU 1
+#   a2: span (2, 4) holds 2, 3; track 2 vs GT: IoU 1/3 each            -> vIoU 1/3
+#   b1: span (0, 3) holds 0, 1, 2; track 1 at 0, 1 (IoU 1), gone at 2  -> vIoU 2/3
+#   b2: no target IDs: empty tube                                      -> vIoU 0, ID wrong
 ORACLE = {
     "a1": (1.0, 1.0, True),
     "a2": (1.0, 1 / 3, True),
-    "b1": (1.0, 0.5, True),
+    "b1": (1.0, 2 / 3, True),
     "b2": (1.0, 0.0, False),
 }
 # Largest (largest mean box area over the clip, span = whole clip):
-#   video a: track 3 (3600 > 400), clip 0..4 + one frame = (0, 5)
-#     a1: tIoU (1, 3) vs (0, 5) = 2/5; pred at {0, 1}, GT at {1, 2, 3}: union 4, IoU 1/9 at 1
-#         -> vIoU 1/36
-#     a2: tIoU 2/5; pred {0, 1} and GT {2, 3, 4} are disjoint -> vIoU 0
+#   video a: track 3 (3600 > 400), clip 0..4 + one frame = (0, 5); frames 0..4
+#     a1: tIoU (1, 3) vs (0, 5) = 2/5; S_u = {0..4}, S_i = {1, 2}: IoU 1/9 at 1, track 3
+#         gone at 2 -> vIoU (1/9) / 5 = 1/45
+#     a2: tIoU 2/5; S_i = {2, 3}, track 3 gone -> vIoU 0
 #   video b: tracks tie on area 400, the longer one wins: track 2, clip (0, 4)
 #     b1: tIoU 3/4; FAR vs CORNER IoU 0 -> vIoU 0
-#     b2: tIoU 1/4; pred at {0, 1, 2, 3}, GT at {2, 3} with IoU 1/7 -> vIoU (2/7) / 4 = 1/14
+#     b2: tIoU 1/4; S_u = {0, 1, 2, 3}, S_i = {2}: FAR vs OFF IoU 1/7 -> vIoU (1/7) / 4 = 1/28
 LARGEST = {
-    "a1": (0.4, 1 / 36, False),
+    "a1": (0.4, 1 / 45, False),
     "a2": (0.4, 0.0, False),
     "b1": (0.75, 0.0, False),
-    "b2": (0.25, 1 / 14, False),
+    "b2": (0.25, 1 / 28, False),
 }
 
 
@@ -141,28 +143,33 @@ def test_oracle_on_hand_built_shards(box_shards, tmp_path):
     check_rows(rows, ORACLE)  # one line per scored query, a3 (no ground truth) left out
     assert s["n_queries"] == 4 and s["n_skipped_no_gt"] == 1
     o = s["overall"]
-    # m_vIoU = 100 (1 + 1/3 + 1/2 + 0) / 4 = 45.83; vIoU > 0.3: a1, a2, b1; > 0.5: only a1
+    # m_vIoU = 100 (1 + 1/3 + 2/3 + 0) / 4 = 50; vIoU > 0.3: a1, a2, b1; > 0.5: a1, b1
     assert o["n"] == 4 and o["m_tIoU"] == pytest.approx(100.0)
-    assert o["m_vIoU"] == pytest.approx(100 * 11 / 24)
-    assert o["vIoU@0.3"] == pytest.approx(75.0) and o["vIoU@0.5"] == pytest.approx(25.0)
+    assert o["m_vIoU"] == pytest.approx(50.0)
+    assert o["vIoU@0.3"] == pytest.approx(75.0) and o["vIoU@0.5"] == pytest.approx(50.0)
     assert o["id_acc"] == pytest.approx(75.0)
     assert "J&F" not in o  # no masks in these shards
-    # by query type: declarative {a1, b1}: (1 + 0.5) / 2; interrogative {a2, b2}: (1/3 + 0) / 2
+    # by query type: declarative {a1, b1}: (1 + 2/3) / 2; interrogative {a2, b2}: (1/3 + 0) / 2
     q = s["by_qtype"]
     assert set(q) == {"declarative", "interrogative"}
-    assert q["declarative"]["m_vIoU"] == pytest.approx(75.0) and q["declarative"]["n"] == 2
+    assert q["declarative"]["m_vIoU"] == pytest.approx(250 / 3) and q["declarative"]["n"] == 2
     assert q["interrogative"]["m_vIoU"] == pytest.approx(100 / 6)
     assert q["interrogative"]["id_acc"] == pytest.approx(50.0)
-    # by dataset: vidstg {a1, a2}: (1 + 1/3) / 2; hcstvg {b1, b2}: (0.5 + 0) / 2
+    # by dataset: vidstg {a1, a2}: (1 + 1/3) / 2; hcstvg {b1, b2}: (2/3 + 0) / 2
     d = s["by_dataset"]
-    assert d["vidstg"]["m_vIoU"] == pytest.approx(200 / 3) and d["hcstvg"]["m_vIoU"] == 25.0
+    assert d["vidstg"]["m_vIoU"] == pytest.approx(200 / 3)
+    assert d["hcstvg"]["m_vIoU"] == pytest.approx(100 / 3)
     assert json.loads((tmp_path / "metrics.json").read_text())["overall"] == pytest.approx(o)
     table = (tmp_path / "metrics.md").read_text().splitlines()
     assert table == [
         "| model | m_tIoU | m_vIoU | vIoU@0.3 | vIoU@0.5 | id_acc | n |",
         "|---|---|---|---|---|---|---|",
-        "| oracle | 100.0 | 45.8 | 75.0 | 25.0 | 75.0 | 4 |",
+        "| oracle | 100.0 | 50.0 | 75.0 | 50.0 | 75.0 | 4 |",
+        "",
+        f"vIoU frames: {FRAME_GRID}.",  # the evaluated frames are stated with the numbers
     ]
+    assert s["frame_grid"] == FRAME_GRID and s["protocol"] == "official"
+    assert s["n_failed"] == 0 and s["protocols"]["official"]["n_left_out"] == 0
     first = rows[0]
     assert first["pred_ids"] == [1] and first["pred_span_s"] == [1.0, 3.0]
     assert first["gt_ids"] == [1] and first["gt_span_s"] == [1.0, 3.0]
@@ -176,9 +183,9 @@ def test_largest_baseline(box_shards, tmp_path):
     check_rows(rows, LARGEST)
     assert [r["pred_ids"] for r in rows] == [[3], [3], [2], [2]]
     assert [r["pred_span_s"] for r in rows] == [[0, 5], [0, 5], [0, 4], [0, 4]]
-    # m_tIoU = 100 (0.4 + 0.4 + 0.75 + 0.25) / 4 = 45; m_vIoU = 100 (1/36 + 1/14) / 4 = 2.48
+    # m_tIoU = 100 (0.4 + 0.4 + 0.75 + 0.25) / 4 = 45; m_vIoU = 100 (1/45 + 1/28) / 4 = 1.45
     assert s["overall"]["m_tIoU"] == pytest.approx(45.0)
-    assert s["overall"]["m_vIoU"] == pytest.approx(100 * (1 / 36 + 1 / 14) / 4)
+    assert s["overall"]["m_vIoU"] == pytest.approx(100 * (1 / 45 + 1 / 28) / 4)
     assert s["overall"]["id_acc"] == 0.0
 
 
@@ -241,7 +248,8 @@ VIDEO_C = row(
         #   0     pred = GT = square          J 1, F 1
         #   0.25  track 2 gone: empty vs GT   J 0, F 0 (an absent ID scores 0, as for boxes)
         #   0.5, 0.75  both empty             J 1, F 1 (DAVIS convention)
-        # -> J = F = 3/4, J&F 75; vIoU on boxes: 1 at 0, absent at 0.25 -> 1/2
+        # -> J = F = 3/4, J&F 75; vIoU on boxes: the span (0, 0.25) holds frame 0 only
+        # (half-open), where track 2 is right -> 1
         QueryRecord(
             "c2",
             "the square that vanishes",
@@ -277,7 +285,7 @@ def test_j_and_f_from_track_masks(tmp_path):
     rows = {r["query_id"]: r for r in read_jsonl(tmp_path / "out" / "predictions.jsonl")}
     assert rows["c1"]["J"] == rows["c1"]["F"] == rows["c1"]["J&F"] == 1.0
     assert rows["c2"]["J"] == pytest.approx(0.75) and rows["c2"]["F"] == pytest.approx(0.75)
-    assert rows["c2"]["viou"] == pytest.approx(0.5)
+    assert rows["c2"]["viou"] == pytest.approx(1.0)
     assert rows["c3"]["J"] == pytest.approx(1 / 3) and 0.0 < rows["c3"]["F"] < 1.0
     # summary in percent: J = 100 (1 + 3/4 + 1/3) / 3 = 69.44; J&F = (J + F) / 2
     o = s["overall"]
@@ -285,7 +293,7 @@ def test_j_and_f_from_track_masks(tmp_path):
     assert o["F"] == pytest.approx(100 * (1 + 0.75 + rows["c3"]["F"]) / 3)
     assert o["J&F"] == pytest.approx((o["J"] + o["F"]) / 2)
     assert s["by_qtype"]["referring"]["J&F"] == pytest.approx(o["J&F"])
-    header, _, line = (tmp_path / "out" / "metrics.md").read_text().splitlines()
+    header, _, line, *_ = (tmp_path / "out" / "metrics.md").read_text().splitlines()
     assert header.endswith("| J&F | n |") and line.endswith(f"| {o['J&F']:.1f} | 3 |")
 
 
@@ -297,9 +305,10 @@ def test_j_and_f_from_track_masks(tmp_path):
     [
         ("a1", [1], 1.0, 3.0, 1.0),  # the oracle answer
         ("a2", [2], 2.0, 4.0, 1 / 3),
-        ("b1", [1], 0.0, 3.0, 0.5),
-        # right ID, half the span (0..1 of 0..3): tIoU 1/3, boxes at 0, 1 of GT 0..3 -> 2/4
-        ("b1", [1], 0.0, 1.0, 0.5),
+        ("b1", [1], 0.0, 3.0, 2 / 3),
+        # right ID, a third of the span ((0, 1) of (0, 3)): tIoU 1/3; S_u = {0, 1, 2},
+        # S_i = {0} with IoU 1 -> 1/3
+        ("b1", [1], 0.0, 1.0, 1 / 3),
         # both tracks of video a: the union box of SQUARE and SHIFTED is [10, 10, 40, 30]
         # (area 600) vs SQUARE (400): IoU 2/3 at 1, 2, 3 -> vIoU 2/3; ID set wrong
         ("a1", [1, 2], 1.0, 3.0, 2 / 3),
@@ -380,9 +389,16 @@ def test_cli_help():
         [sys.executable, "-m", "trainer.evaluate", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    for flag in ("--model", "--shards", "--out", "--template", "--limit"):
+    for flag in ("--model", "--shards", "--out", "--template", "--limit", "--protocol",
+                 "--export-submission"):  # fmt: skip
         assert flag in out.stdout
-    assert "oracle" in out.stdout
+    assert "oracle" in out.stdout and "(default: None)" not in out.stdout
+    from trainer.evaluate import build_parser
+
+    parser = build_parser()
+    for action in parser._actions:  # every option has help and says its default once
+        text = parser._get_formatter()._expand_help(action) if action.help else ""
+        assert text.strip() and text.count("default") <= 1, (action.option_strings, text)
 
 
 def test_cli_oracle_writes_three_files(box_shards, tmp_path, capsys):
@@ -393,7 +409,7 @@ def test_cli_oracle_writes_three_files(box_shards, tmp_path, capsys):
         assert (out / name).exists(), name
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 4
     printed = capsys.readouterr().out
-    assert "| oracle | 100.0 | 45.8 |" in printed
+    assert "| oracle | 100.0 | 50.0 |" in printed
     assert "1 query without ground truth skipped" in printed
 
 
@@ -430,3 +446,21 @@ def test_cli_empty_shard_folder_and_missing_model_are_clear_errors(box_shards, t
         main(["--model", "nobody/no-such-model", "--shards", str(box_shards),
               "--out", str(tmp_path / "o"), "--no-progress"])  # fmt: skip
     assert not (tmp_path / "o").exists()  # nothing written before the model loads
+
+
+def test_a_failed_sample_scores_zero_everywhere_in_the_official_rows():
+    """A query whose answer failed (e.g. its frames could not be read) counts as 0 in the
+    official means, J&F included; the STVG-R1 protocol leaves it out."""
+    from pipeline.shards import row_to_video
+    from trainer.protocols import protocol_summaries, score_answers
+
+    video = row_to_video(VIDEO_C)
+    items = [(video, video.query("c1")), (video, video.query("c3"))]
+    answers = [((1,), (0.0, 0.75), None, None), ((1,), (0.0, 0.75), None, "inputs failed: x")]
+    rows = score_answers(items, answers, max_gap_s=0.5, protocols=("official", "stvg_r1"))
+    assert rows[0]["J&F"] == 1.0 and rows[1]["error"] == "inputs failed: x"
+    assert rows[1]["J"] == rows[1]["F"] == rows[1]["J&F"] == rows[1]["viou"] == 0.0
+    s = protocol_summaries(rows, ("official", "stvg_r1"))
+    assert s["official"]["overall"]["J&F"] == pytest.approx(50.0)  # (100 + 0) / 2
+    assert s["official"]["overall"]["m_vIoU"] == pytest.approx(50.0)
+    assert s["stvg_r1"]["overall"]["n"] == 1 and s["stvg_r1"]["n_left_out"] == 1

@@ -17,7 +17,7 @@ from trainer.metrics import (
     sample_metrics,
     summarize,
     temporal_iou,
-    viou,
+    tube_viou,
 )
 
 BOX_A = np.array([0, 0, 10, 10], dtype=np.float32)
@@ -74,17 +74,77 @@ def test_temporal_iou(pred, gt, expected):
 # ------------------------------------------------------------------------------ vIoU
 
 
-def test_viou_hand_computed():
-    # pred present at {0, 1} (2 is None), gt at {1, 2, 3}: |S_u| = 4, S_i = {1} with IoU(A, B) = 1/3
-    pred = {0: BOX_A, 1: BOX_A, 2: None}
-    gt = {1: BOX_B, 2: BOX_A, 3: BOX_A}
-    assert viou(pred, gt) == pytest.approx((1 / 3) / 4)
-    # a NaN box is absent, exactly like None
-    assert viou({**pred, 2: np.full(4, np.nan)}, gt) == pytest.approx((1 / 3) / 4)
-    # identical tubes score 1; empty tubes score 0; no overlap in time scores 0
-    assert viou(gt, gt) == pytest.approx(1.0)
-    assert viou({}, {}) == 0.0
-    assert viou({0: BOX_A}, {1: BOX_A}) == 0.0
+TIMES_5 = [0.0, 1.0, 2.0, 3.0, 4.0]  # evaluated frames at 1 fps
+
+
+def tube(box, times):
+    return {float(t): np.asarray(box, dtype=np.float32) for t in times}
+
+
+def test_tube_viou_identical_tubes_score_one():
+    # spans (0, 5) half-open hold all 5 frames; IoU 1 at each: 5 / 5
+    gt = tube(BOX_A, TIMES_5)
+    assert tube_viou((0, 5), gt, (0, 5), gt, TIMES_5) == pytest.approx(1.0)
+
+
+def test_tube_viou_track_missing_on_half_the_span():
+    # spans (0, 4): S_u = S_i = {0, 1, 2, 3}. The chosen track has a box at 0 (BOX_B, IoU 1/3)
+    # and 1 (BOX_A, IoU 1) only: sum 4/3 over |S_u| 4 = 1/3 = 0.5 x mean IoU (2/3)
+    times = [0.0, 1.0, 2.0, 3.0]
+    gt = tube(BOX_A, times)
+    pred = {0.0: BOX_B, 1.0: BOX_A, 2.0: None, 3.0: np.full(4, np.nan)}  # None and NaN: absent
+    assert tube_viou((0, 4), pred, (0, 4), gt, times) == pytest.approx(0.5 * (1 / 3 + 1) / 2)
+
+
+def test_tube_viou_disjoint_spans_and_the_gap_between_them():
+    times = [float(t) for t in range(10)]
+    gt = tube(BOX_A, times[:2])  # GT span (0, 2): frames 0, 1
+    pred = tube(BOX_A, times)  # the track is right on every frame, but the span is elsewhere
+    # disjoint: S_i is empty -> 0, although the track's boxes match GT at 0 and 1
+    assert tube_viou((5, 7), pred, (0, 2), gt, times) == 0.0
+    # overlapping by one frame, with a gap of predicted frames the track misses:
+    # pred span (1, 6), GT (0, 2): S_u = {0..5} (6 frames), S_i = {1}: IoU 1 -> 1/6
+    holes = {1.0: BOX_A}  # the track is absent at 2..5, which still count in |S_u|
+    assert tube_viou((1, 6), holes, (0, 2), gt, times) == pytest.approx(1 / 6)
+
+
+def test_tube_viou_predicted_span_inside_the_gt_span():
+    # GT (0, 10) on 10 frames, prediction (2, 6): S_u = 10 frames, S_i = {2, 3, 4, 5} -> 4/10
+    times = [float(t) for t in range(10)]
+    gt = tube(BOX_A, times)
+    assert tube_viou((2, 6), gt, (0, 10), gt, times) == pytest.approx(0.4)
+    # GT frames without a box (VidSTG frames VidOR left unannotated) still count in |S_u|:
+    # GT boxes only at 0..4, spans (0, 10): sum 5 over 10 frames
+    assert tube_viou((0, 10), gt, (0, 10), tube(BOX_A, times[:5]), times) == pytest.approx(0.5)
+
+
+def test_tube_viou_no_prediction_scores_zero():
+    gt = tube(BOX_A, TIMES_5)
+    assert tube_viou(None, gt, (0, 5), gt, TIMES_5) == 0.0  # no span predicted
+    assert tube_viou((4, 2), gt, (0, 5), gt, TIMES_5) == 0.0  # reversed: no span
+    assert tube_viou((0, 5), {}, (0, 5), gt, TIMES_5) == 0.0  # a span but no box: 0 / 5
+    assert tube_viou((0, 5), gt, None, gt, TIMES_5) == 0.0  # no ground truth
+    assert tube_viou((0, 5), gt, (0, 5), gt, []) == 0.0  # no evaluated frame: S_u empty
+    assert tube_viou((7, 9), gt, (6, 9), gt, TIMES_5) == 0.0  # both spans past the frames
+
+
+def test_tube_viou_half_open_ends():
+    gt = tube(BOX_A, TIMES_5)
+    # GT (1, 3) holds frames 1, 2 (3 excluded); prediction (3, 5) holds 3, 4. They touch:
+    # S_u = {1, 2, 3, 4}, S_i = [3, 3) empty -> 0
+    assert tube_viou((3, 5), gt, (1, 3), gt, TIMES_5) == 0.0
+    # prediction (2, 4): S_u = [1, 4) = {1, 2, 3}, S_i = [2, 3) = {2} -> 1/3 (closed ends
+    # would give S_i = {2, 3} over {1, 2, 3, 4}: 2/4)
+    assert tube_viou((2, 4), gt, (1, 3), gt, TIMES_5) == pytest.approx(1 / 3)
+    # a zero-length prediction holds no frame: S_u = GT's {1, 2}, S_i empty -> 0
+    assert tube_viou((2, 2), gt, (1, 3), gt, TIMES_5) == 0.0
+    # shard times are float32: an end of float32(0.3) (0.30000001) still excludes the frame
+    # at 0.3; grid 0, 0.1, 0.2, 0.3 at 10 fps, spans (0, 0.3): S_u = S_i = 3 frames -> 3/3
+    times = [0.0, 0.1, 0.2, 0.3]
+    g = tube(BOX_A, times)
+    end = float(np.float32(0.3))
+    p = {**g, 0.3: BOX_B}  # a wrong box on the excluded frame changes nothing
+    assert tube_viou((0, end), p, (0, end), g, times) == pytest.approx(1.0)
 
 
 def test_gt_tube_is_the_union_box_of_the_objects():
@@ -140,27 +200,34 @@ def test_evaluation_times_cover_the_clip_with_gt_times_in_place():
 
 
 def test_sample_metrics_hand_computed():
-    # GT: object at [0,0,10,10] for t = 1, 2, 3 (span 1..3), native 1 fps, clip 0..4 s
+    # GT: object at [0,0,10,10] for t = 1, 2, 3, 4 (span (1, 4): frames 1..3 half-open),
+    # native 1 fps, clip 0..4 s. Track 1 sits on the object all clip long, track 2 beside it.
     q = QueryRecord(
         "q",
         "x",
         "referring",
-        (1.0, 3.0),
-        gt=(GTObject(0, [1, 2, 3], [BOX_A] * 3),),
+        (1.0, 4.0),
+        gt=(GTObject(0, [1, 2, 3, 4], [BOX_A] * 4),),
         target_ids=(1,),
     )
     v = video_with([still_track(1, BOX_A), still_track(2, BOX_B)], [q])
-    m = sample_metrics(v, q, [1], (1.0, 3.0), max_gap_s=1.0)
+    m = sample_metrics(v, q, [1], (1.0, 4.0), max_gap_s=1.0)
     assert m == {"tiou": 1.0, "viou": 1.0, "id_correct": True, "id_score": 1.0}
-    # span 0..3: tIoU 2/3; predicted at t = 0..3, GT at 1..3: |S_u| = 4, sum 3 -> 3/4
-    m = sample_metrics(v, q, [1], (0.0, 3.0), max_gap_s=1.0)
-    assert (m["tiou"], m["viou"]) == (pytest.approx(2 / 3), pytest.approx(0.75))
-    # span 2..4: tIoU 1/3 (overlap 1, union 3); pred t = 2,3,4, GT 1,2,3: |S_u| = 4, sum 2 -> 1/2
-    m = sample_metrics(v, q, [1], (2.0, 4.0), max_gap_s=1.0)
-    assert (m["tiou"], m["viou"]) == (pytest.approx(1 / 3), pytest.approx(0.5))
+    # span (0, 4): tIoU 3/4; S_u = {0, 1, 2, 3}, S_i = {1, 2, 3} with IoU 1 -> 3/4
+    m = sample_metrics(v, q, [1], (0.0, 4.0), max_gap_s=1.0)
+    assert (m["tiou"], m["viou"]) == (pytest.approx(3 / 4), pytest.approx(0.75))
+    # span (2, 5): tIoU 2/4 (overlap 2..4, union 1..5); S_u = [1, 5) = {1, 2, 3, 4} (the grid
+    # ends at the clip's last frame, 4 s), S_i = {2, 3} -> 2/4
+    m = sample_metrics(v, q, [1], (2.0, 5.0), max_gap_s=1.0)
+    assert (m["tiou"], m["viou"]) == (pytest.approx(0.5), pytest.approx(0.5))
     # wrong object over the right span: 3 frames of IoU 1/3 over |S_u| = 3 -> 1/3
-    m = sample_metrics(v, q, [2], (1.0, 3.0), max_gap_s=1.0)
+    m = sample_metrics(v, q, [2], (1.0, 4.0), max_gap_s=1.0)
     assert m["viou"] == pytest.approx(1 / 3) and m["id_correct"] is False and m["id_score"] == 0.0
+    # a track last seen at 1 s: present on {1} of S_u = {1, 2, 3} -> 1/3; frames 2, 3 count
+    # with IoU 0 although the track is gone
+    short = still_track(3, BOX_A, times=(0, 1))
+    m = sample_metrics(video_with([short], [q]), q, [3], (1.0, 4.0), max_gap_s=0.5)
+    assert m["viou"] == pytest.approx(1 / 3)
     # nothing predicted
     m = sample_metrics(v, q, [], None, max_gap_s=1.0)
     assert m == {"tiou": 0.0, "viou": 0.0, "id_correct": False, "id_score": 0.0}

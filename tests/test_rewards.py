@@ -129,11 +129,14 @@ def test_id_reward_require_in_span():
 
 
 def test_viou_reward_hand_computed():
+    # the official vIoU on the 1 fps frames; the GT span (2, 4) holds frames 2, 3 (half-open)
     assert viou_reward(ans([1], 2, 4), VIDEO, QUERY) == pytest.approx(1.0)
-    # object 2 over the GT span: IoU 1/3 at each of 3 frames -> 1/3
+    # object 2 over the GT span: IoU 1/3 at each of its 2 frames -> 1/3
     assert viou_reward(ans([2], 2, 4), VIDEO, QUERY) == pytest.approx(1 / 3)
-    # object 1 over 0..4: predicted at 5 frames, GT at 3 -> 3 / 5
-    assert viou_reward(ans([1], 0, 4), VIDEO, QUERY) == pytest.approx(3 / 5)
+    # object 1 over (0, 4): S_u = {0, 1, 2, 3}, S_i = {2, 3} with IoU 1 -> 2 / 4
+    assert viou_reward(ans([1], 0, 4), VIDEO, QUERY) == pytest.approx(2 / 4)
+    # object 5 (alive at 0, 1 only) over the GT span: absent on S_i = {2, 3} -> 0
+    assert viou_reward(ans([5], 2, 4), VIDEO, QUERY) == 0.0
     assert (
         viou_reward(parse_answer("<answer>Target ID: 1</answer>"), VIDEO, QUERY) == 0.0
     )  # no span

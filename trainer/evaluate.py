@@ -2,11 +2,15 @@
 
     python -m trainer.evaluate --model data/runs/train/final --dataset synthetic --split test
     python -m trainer.evaluate --model oracle --dataset synthetic --split test
+    python -m trainer.evaluate --model oracle --protocol official stvg_r1
+    python -m trainer.evaluate --model M --dataset mevis --split valid --export-submission s.zip
 
 The predicted IDs become per-frame boxes (and masks, when the shards hold them) taken
-from the stored tracks at the ground-truth times; an ID absent in a frame scores 0
-there. Writes ``metrics.json``, ``metrics.md`` and ``predictions.jsonl``, with a
-breakdown by dataset and query type.
+from the stored tracks on every native frame of the spans; an ID absent in a frame scores
+0 there (the official vIoU, :func:`trainer.metrics.tube_viou`; ``--protocol stvg_r1`` adds
+the STVG-R1 release's conventions, :mod:`trainer.protocols`). Writes ``metrics.json``,
+``metrics.md`` and ``predictions.jsonl``, with a breakdown by dataset and query type, and
+with ``--export-submission`` a benchmark submission file (:mod:`trainer.submission`).
 
 Baselines need no model and go through the same scoring code:
 ``oracle`` (matched IDs + ground-truth span: the ceiling set by detection and tracking),
@@ -18,8 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,15 @@ import numpy as np
 from pipeline.records import QueryRecord
 from pipeline.runtime import DATA_DIR, RUNS_DIR, resolve
 from pipeline.shards import ShardVideo
+from trainer.protocols import (
+    PROTOCOLS,
+    markdown_table,
+    protocol_summaries,
+    score_answers,
+    score_sample,
+)
+
+__all__ = ["BASELINES", "baseline_answer", "evaluate", "main", "markdown_table", "score_sample"]
 
 BASELINES = ("oracle", "largest", "random")
 
@@ -64,121 +76,15 @@ def baseline_answer(
     raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
 
 
-# ------------------------------------------------------------------ scoring
-
-
-def score_sample(
-    video: ShardVideo,
-    query: QueryRecord,
-    ids: Sequence[int],
-    span_s: tuple[float, float] | None,
-    *,
-    max_gap_s: float,
-) -> dict:
-    """tIoU, vIoU, ID correctness (and J&F when masks are stored) for one answer."""
-    from trainer.metrics import sample_metrics
-
-    result = dict(sample_metrics(video, query, ids, span_s, max_gap_s=max_gap_s))
-    if has_masks(video, query):
-        result.update(mask_metrics(video, query, ids, span_s, max_gap_s=max_gap_s))
-    return result
-
-
-def has_masks(video: ShardVideo, query: QueryRecord) -> bool:
-    """True when the query's ground truth and every track carry masks (J&F can be scored)."""
-    return (
-        bool(query.gt)
-        and all(g.masks_rle is not None for g in query.gt)
-        and bool(video.tracks)
-        and all(t.masks_rle is not None for t in video.tracks)
-    )
-
-
-def _mask_at(times_s, masks_rle, t: float, tol: float, hw) -> np.ndarray:
-    """(H, W) bool: the mask observed nearest to ``t`` (within ``tol``), else empty."""
-    from pipeline.geometry import nearest_index, rle_to_mask
-
-    i = int(nearest_index(times_s, np.array([t]), tol)[0])
-    if i < 0 or masks_rle[i] is None:
-        return np.zeros(hw, dtype=bool)
-    return rle_to_mask(masks_rle[i], *hw)
-
-
-def _track_mask_at(track, t: float, max_gap_s: float, hw) -> np.ndarray:
-    """A track's mask at ``t``: empty wherever its box is absent (outside its life or in a
-    gap longer than ``max_gap_s``, as :meth:`Track.boxes_at` decides, so J&F and vIoU agree
-    on when an ID is present); otherwise the mask of its nearest observation."""
-    if np.isnan(track.boxes_at(np.array([t]), max_gap_s)).any():
-        return np.zeros(hw, dtype=bool)
-    return _mask_at(track.times_s, track.masks_rle, t, max_gap_s, hw)
-
-
-def mask_metrics(video, query, ids, span_s, *, max_gap_s: float) -> dict:
-    """J&F at the stored frame times: union of the predicted IDs' track masks inside the
-    predicted span against the union of the ground-truth masks."""
-    from trainer.metrics import j_and_f
-
-    hw = (video.height, video.width)
-    gt_tol = 0.5 / max(video.native_fps, 1e-6)
-    preds, gts = [], []
-    chosen = [t for t in video.tracks if t.id in {int(i) for i in ids}]
-    for t in video.frame_times_s.tolist():
-        gt = np.zeros(hw, dtype=bool)
-        for g in query.gt:
-            gt |= _mask_at(g.times_s, g.masks_rle, t, gt_tol, hw)
-        pred = np.zeros(hw, dtype=bool)
-        if span_s is not None and span_s[0] <= t <= span_s[1]:
-            for tr in chosen:
-                pred |= _track_mask_at(tr, t, max_gap_s, hw)
-        preds.append(pred)
-        gts.append(gt)
-    return dict(j_and_f(preds, gts))
-
-
-def summarize_groups(results: Sequence[dict]) -> dict:
-    """Overall metrics plus breakdowns by dataset and by query type."""
-    from trainer.metrics import summarize
-
-    def with_masks(rows):
-        out = dict(summarize(rows))
-        jf = [r for r in rows if "J&F" in r]
-        if jf:
-            for k in ("J", "F", "J&F"):
-                out[k] = 100.0 * float(np.mean([r[k] for r in jf]))
-        return out
-
-    summary = {"overall": with_masks(results)}
-    for key in ("dataset", "qtype"):
-        groups = defaultdict(list)
-        for r in results:
-            groups[r[key]].append(r)
-        if len(groups) > 1 or key == "qtype":
-            summary[f"by_{key}"] = {k: with_masks(v) for k, v in sorted(groups.items())}
-    return summary
-
-
-def markdown_table(summaries: dict[str, dict]) -> str:
-    """One row per model/baseline: the headline metrics in percent."""
-    cols = ["m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5", "id_acc", "J&F", "n"]
-    present = [c for c in cols if any(c in s["overall"] for s in summaries.values())]
-    lines = ["| model | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
-    for name, s in summaries.items():
-        o = s["overall"]
-        cells = [
-            ("" if c not in o else (str(int(o[c])) if c == "n" else f"{o[c]:.1f}")) for c in present
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 # ------------------------------------------------------------------ running
 
 
 def eval_items(
-    shards: Path, limit: int | None = None
+    shards: Path, limit: int | None = None, *, unannotated: bool = False
 ) -> tuple[list[tuple[ShardVideo, QueryRecord]], int]:
-    """The (video, query) pairs to score, in shard order, and how many queries were skipped
-    for having no ground truth (e.g. MeViS ``valid``: it cannot be scored here).
+    """The (video, query) pairs to answer, in shard order, and how many queries have no
+    ground truth (e.g. MeViS ``valid``: scored by the benchmark's server, not here). Those
+    are left out unless ``unannotated`` (a submission needs every query answered).
 
     Queries with ground truth but no matched track are kept: they score 0 for the model,
     which is the cost of a detection or tracking miss.
@@ -188,21 +94,15 @@ def eval_items(
     if not list_shards(shards):
         raise SystemExit(f"no shard files (*.parquet) in {shards}")
     items: list[tuple[ShardVideo, QueryRecord]] = []
-    skipped = 0
+    no_gt = 0
     for video in read_videos(shards):
         for query in video.queries:
-            if not query.gt:
-                skipped += 1
-            elif limit is None or len(items) < limit:
+            no_gt += not query.gt
+            if (query.gt or unannotated) and (limit is None or len(items) < limit):
                 items.append((video, query))
         if limit is not None and len(items) >= limit:
             break
-    return items, skipped
-
-
-def iter_eval_items(shards: Path, limit: int | None) -> Iterable[tuple[ShardVideo, QueryRecord]]:
-    """The annotated (video, query) pairs of :func:`eval_items`."""
-    yield from eval_items(shards, limit)[0]
+    return items, no_gt
 
 
 def evaluate(
@@ -221,25 +121,32 @@ def evaluate(
     batch_size: int = 4,
     seed: int = 0,
     progress: bool = True,
+    protocols: Sequence[str] = ("official",),
+    submission: dict | None = None,
 ) -> dict:
     """Score ``model`` (a checkpoint, hub id or baseline name) on every annotated query.
 
     Writes ``predictions.jsonl`` (one line per scored query), ``metrics.json`` and
-    ``metrics.md`` into ``out_dir``. Returns the summary: ``overall`` and ``by_qtype``
-    (plus ``by_dataset`` when the shards mix datasets) in percent, ``n_queries`` scored
-    and ``n_skipped_no_gt`` (queries without ground truth).
+    ``metrics.md`` into ``out_dir``. Returns the summary of the first of ``protocols``:
+    ``overall`` and ``by_qtype`` (plus ``by_dataset`` when the shards mix datasets) in
+    percent, with ``protocols`` (every protocol's summary), ``frame_grid`` and ``native_fps``
+    (the evaluated frames), ``n_queries`` scored, ``n_failed`` and ``n_skipped_no_gt``.
+
+    ``submission`` (``{"path", "records"}``, see :func:`trainer.submission.write_submission`)
+    also answers the queries without ground truth and writes the benchmark file.
     """
-    from tqdm import tqdm
-
     from pipeline.shards import write_json_atomic
+    from trainer.metrics import FRAME_GRID
+    from trainer.protocols import check_protocols
 
-    items, skipped = eval_items(shards, limit)
-    if not items:
-        raise SystemExit(f"no annotated queries in {shards} ({skipped} without ground truth)")
+    protocols = check_protocols(protocols)
+    items, no_gt = eval_items(shards, limit, unannotated=submission is not None)
+    n_annotated = sum(bool(q.gt) for _, q in items)
+    if not items or (not n_annotated and submission is None):
+        raise SystemExit(f"no annotated queries in {shards} ({no_gt} without ground truth)")
     rng = np.random.default_rng(seed)
-    results = []
     if model in BASELINES:
-        answers = [(*baseline_answer(model, v, q, rng), None) for v, q in items]
+        answers = [(*baseline_answer(model, v, q, rng), None, None) for v, q in items]
     else:
         answers = _model_answers(
             model, items, template=template, rollout=rollout, max_new_tokens=max_new_tokens,
@@ -247,35 +154,35 @@ def evaluate(
             progress=progress,
         )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"model": model, "shards": str(shards)}
+    if submission is not None:
+        from trainer.submission import write_submission
+
+        summary["submission"] = str(write_submission(submission["path"], submission["records"],
+                                                     items, answers, max_gap_s=max_gap_s))  # fmt: skip
+    results = score_answers(items, answers, max_gap_s=max_gap_s, protocols=protocols)
     with (out_dir / "predictions.jsonl").open("w") as f:
-        for (video, query), (ids, span, text) in tqdm(
-            list(zip(items, answers)), desc="score", disable=not progress
-        ):
-            r = score_sample(video, query, ids, span, max_gap_s=max_gap_s)
-            r.update(
-                video_id=video.video_id,
-                query_id=query.query_id,
-                dataset=video.dataset,
-                qtype=query.qtype,
-                pred_ids=list(ids),
-                pred_span_s=None if span is None else [float(span[0]), float(span[1])],
-                gt_ids=list(query.target_ids),
-                gt_span_s=list(query.span_s),
-            )
-            if text is not None:
-                r["completion"] = text
-            results.append(r)
+        for r in results:
             f.write(json.dumps(r, default=float) + "\n")
-    summary = summarize_groups(results)
-    summary.update(model=model, shards=str(shards), n_queries=len(results), n_skipped_no_gt=skipped)
+    if results:
+        by_protocol = protocol_summaries(results, protocols)
+        summary.update(by_protocol[protocols[0]], protocol=protocols[0], protocols=by_protocol)
+    summary.update(
+        frame_grid=FRAME_GRID, native_fps=sorted({float(v.native_fps) for v, _ in items}),
+        n_queries=len(results),
+        n_failed=sum(bool(r.get("error")) for r in results), n_skipped_no_gt=no_gt,
+    )  # fmt: skip
     write_json_atomic(out_dir / "metrics.json", summary)
-    (out_dir / "metrics.md").write_text(markdown_table({Path(model).name or model: summary}))
+    if results:
+        table = markdown_table({Path(model).name or model: summary})
+        (out_dir / "metrics.md").write_text(table + f"\nvIoU frames: {FRAME_GRID}.\n")
     return summary
 
 
 def _model_answers(model, items, *, template, rollout, max_new_tokens, fps, max_frames,
                    total_pixels, batch_size, progress):  # fmt: skip
-    """Greedy answers of a Qwen2.5-VL checkpoint, parsed with the contract parser."""
+    """Greedy answers ``(ids, span_s, text, error)`` of a Qwen2.5-VL checkpoint, parsed with
+    the contract parser; a sample whose inputs cannot be built gets ``error`` instead."""
     from tqdm import tqdm
 
     from trainer.data import make_sample
@@ -287,34 +194,52 @@ def _model_answers(model, items, *, template, rollout, max_new_tokens, fps, max_
     policy, processor = load_policy(str(model), device=device)
     policy.eval()
     engine = make_engine(rollout, policy, processor)
-    out = []
+    out: list = [None] * len(items)
     for start in tqdm(range(0, len(items), batch_size), desc="generate", disable=not progress):
-        chunk = items[start : start + batch_size]
-        samples = [
-            make_sample(v, q, fps=fps, max_frames=max_frames, total_pixels=total_pixels)
-            for v, q in chunk
-        ]
+        good, samples = [], []
+        for i in range(start, min(start + batch_size, len(items))):
+            try:
+                v, q = items[i]
+                samples.append(make_sample(v, q, fps=fps, max_frames=max_frames,
+                                           total_pixels=total_pixels))  # fmt: skip
+                good.append(i)
+            except (ValueError, OSError) as exc:  # e.g. a corrupt stored frame
+                out[i] = ((), None, None, f"inputs failed: {exc!r}")
+        if not samples:
+            continue
         requests = build_requests(samples, processor, template)
         groups = engine.generate(
             requests, num_generations=1, max_new_tokens=max_new_tokens, temperature=0.0
         )
-        for group in groups:
+        for i, group in zip(good, groups):
             text = group[0].text
             a = parse_answer(text)
             span = None if a.start_s is None or a.end_s is None else (a.start_s, a.end_s)
-            out.append((tuple(a.ids), span, text))
+            out[i] = (tuple(a.ids), span, text, None)
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: …)`` only where the help does not already say the default, and never
+    for an unset (None) default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trainer.evaluate",
         description=(
             "Score a Qwen2.5-VL checkpoint (local folder or cached hub id) or a baseline "
             f"({', '.join(BASELINES)}) on preprocessed shards: m_tIoU, m_vIoU, vIoU@0.3/0.5, "
-            "ID accuracy, and J&F when masks are stored."
+            "ID accuracy, and J&F when masks are stored; under the official protocol and/or "
+            "the STVG-R1 release's; optionally write a benchmark submission file."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
         "--model",
@@ -323,8 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument(
         "--dataset",
-        default="synthetic",
-        help="dataset name (shards in data/shards/<dataset>/<split>)",
+        help="dataset name (shards in data/shards/<dataset>/<split>; default: synthetic, or "
+        "the name above the --shards folder)",
     )
     p.add_argument(
         "--split", help="dataset split (default: the last split listed in data/datasets.yaml)"
@@ -334,59 +259,118 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, help="output folder (default: data/runs/eval/<model>/<dataset>_<split>)"
     )
     p.add_argument(
+        "--protocol",
+        nargs="+",
+        default=["official"],
+        choices=list(PROTOCOLS),
+        help="official: the TubeDETR/STCAT/CG-STVG evaluators' conventions; stvg_r1: the "
+        "STVG-R1 release's (frames at int(t*fps) with both ends, fallback boxes, vIoU >= R, "
+        "failed samples left out). Several give one table row each; the first is metrics.json's",
+    )
+    p.add_argument(
+        "--export-submission",
+        type=Path,
+        help="also answer the queries without ground truth and write a submission: a .zip of "
+        "Annotations/<video>/<expression>/<frame>.png masks for MeViS and Ref-YouTube-VOS, a "
+        ".json of per-frame boxes and spans otherwise (needs the raw dataset for frame names "
+        "and sizes)",
+    )
+    p.add_argument("--raw-root", type=Path, help="raw dataset root for --export-submission "
+                   "(default: the one in data/datasets.yaml)")  # fmt: skip
+    p.add_argument(
         "--template",
         help="prompt template (json, stvg_r1, ...); default: the model's training config, else json",
     )
     p.add_argument("--rollout", default="hf", choices=["hf", "vllm"], help="generation engine")
     p.add_argument("--limit", type=int, help="score at most N queries")
     # model inputs: default to what the checkpoint was trained with (its train_config.yaml)
-    p.add_argument("--max-new-tokens", type=int, help="default: training config, else 256")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="longest answer in tokens (default: training config, else 256)",
+    )
     p.add_argument(
         "--fps", type=float, help="frames/s given to the model (default: training config, else 2)"
     )
-    p.add_argument("--max-frames", type=int, help="default: training config, else 32")
+    p.add_argument(
+        "--max-frames",
+        type=int,
+        help="frames given to the model (default: training config, else 32)",
+    )
     p.add_argument(
         "--total-pixels",
         type=int,
         help="pixel budget over all frames (default: training config, else 2048*28*28)",
     )
     p.add_argument("--max-gap-s", type=float, default=0.5, help="track interpolation limit")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="prompts per generate call")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.split is None and not args.shards:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _model_and_name(arg: str) -> tuple[str, str]:
+    """(what to load, its name in tables) for ``--model``."""
+    if arg in BASELINES:
+        return arg, arg
+    local = resolve(arg)
+    hub_id = arg.count("/") == 1 and not arg.startswith((".", "/", "~"))
+    if not local.exists() and not hub_id:
+        raise SystemExit(
+            f"error: no model folder {local}; train one (`make train`), or pass a hub id "
+            f"or a baseline ({', '.join(BASELINES)})"
+        )
+    model = str(local) if local.exists() else arg  # else a hub id in the local cache
+    name = Path(arg).name or arg.replace("/", "_")
+    if name in ("final", "model", "cold_start") or name.startswith("checkpoint-"):
+        name = f"{Path(arg).resolve().parent.name}_{name}"  # e.g. train_final
+    return model, name
+
+
+def _submission_records(dataset: str, split: str, raw_root: Path | None) -> list:
+    """Every video record of the raw split (frame names, sizes, every query)."""
+    from pipeline.datasets import iter_records
+
+    try:
+        return list(iter_records(dataset, split, root=raw_root))
+    except (FileNotFoundError, KeyError, ValueError) as err:  # missing data, name or split
+        raise SystemExit(
+            f"error: --export-submission needs the raw {dataset}/{split}: {err}"
+        ) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    dataset = args.dataset or (resolve(args.shards).parent.name if args.shards else "synthetic")
+    if args.split is None:
         from pipeline.datasets import load_specs
 
-        spec = load_specs().get(args.dataset)
-        args.split = spec.splits[-1] if spec is not None else "test"
-    shards = (
-        resolve(args.shards) if args.shards else DATA_DIR / "shards" / args.dataset / args.split
-    )
+        spec = load_specs().get(dataset)
+        args.split = (resolve(args.shards).name if args.shards else None) or (
+            spec.splits[-1] if spec is not None else "test"
+        )
+    shards = resolve(args.shards) if args.shards else DATA_DIR / "shards" / dataset / args.split
     if not shards.exists():
         raise SystemExit(
             f"error: no shard folder {shards}; write it with `make preprocess DATASET=<name> "
             "SPLIT=<split>` (python -m pipeline.preprocess) or pass --shards"
         )
-    if args.model in BASELINES:
-        model = name = args.model
-    else:
-        local = resolve(args.model)
-        hub_id = args.model.count("/") == 1 and not args.model.startswith((".", "/", "~"))
-        if not local.exists() and not hub_id:
-            raise SystemExit(
-                f"error: no model folder {local}; train one (`make train`), or pass a hub id "
-                f"or a baseline ({', '.join(BASELINES)})"
-            )
-        model = str(local) if local.exists() else args.model  # else a hub id in the local cache
-        name = Path(args.model).name or args.model.replace("/", "_")
-        if name in ("final", "model") or name.startswith("checkpoint-"):
-            name = f"{Path(args.model).resolve().parent.name}_{name}"  # e.g. train_final
+    model, name = _model_and_name(args.model)
     out = (
         resolve(args.out)
         if args.out
         else RUNS_DIR / "eval" / name / f"{shards.parent.name}_{shards.name}"
     )
+    submission = None
+    if args.export_submission:
+        from trainer.submission import check_path
+
+        records = _submission_records(dataset, args.split, args.raw_root)
+        try:
+            check_path(args.export_submission, records)
+        except ValueError as err:
+            raise SystemExit(f"error: --export-submission: {err}") from None
+        submission = {"path": resolve(args.export_submission), "records": records}
     from trainer.config import inference_settings
 
     inputs = inference_settings(
@@ -396,23 +380,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     try:
         summary = evaluate(
-            model,
-            shards,
-            out,
-            rollout=args.rollout,
-            limit=args.limit,
-            **inputs,
-            max_gap_s=args.max_gap_s,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            progress=not args.no_progress,
-        )
+            model, shards, out, rollout=args.rollout, limit=args.limit, **inputs,
+            max_gap_s=args.max_gap_s, batch_size=args.batch_size, seed=args.seed,
+            progress=not args.no_progress, protocols=args.protocol, submission=submission,
+        )  # fmt: skip
     except FileNotFoundError as err:  # a model that is neither a folder nor cached
         raise SystemExit(f"error: {err}") from None
-    print(markdown_table({name: summary}), end="")
-    skipped = summary["n_skipped_no_gt"]
-    if skipped:
-        print(f"{skipped} quer{'y' if skipped == 1 else 'ies'} without ground truth skipped")
+    if summary["n_queries"]:
+        print(markdown_table({name: summary}), end="")
+        print(f"vIoU frames: {summary['frame_grid']}")
+    for key, what in (("n_failed", "failed to evaluate (see 'error' in predictions.jsonl)"),
+                      ("n_skipped_no_gt", "without ground truth skipped")):  # fmt: skip
+        if summary[key]:
+            print(f"{summary[key]} quer{'y' if summary[key] == 1 else 'ies'} {what}")
+    if "submission" in summary:
+        print(f"wrote {summary['submission']}")
     print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'}, {out / 'predictions.jsonl'}")
     return 0
 

@@ -1,11 +1,14 @@
 """Grounding metrics, defined once for rewards and evaluation: tIoU, vIoU, J&F, summaries.
 
-Conventions (those of the TubeDETR/STCAT evaluators and the DAVIS/MeViS toolkit):
+Conventions (docs/DESIGN.md "Metrics" names the evaluator each one comes from):
 - Spans are continuous ``(start_s, end_s)`` in seconds from the clip's first frame;
-  tIoU = |P ∩ G| / |P ∪ G|. (The official HC-STVG script counts frames with inclusive
-  ends; on continuous spans that is a difference of at most one frame per end.)
-- vIoU = (1/|S_u|) Σ_{t ∈ S_i} IoU(pred_t, gt_t) over *times*: S_u are the times where
-  either tube has a box, S_i those where both do.
+  tIoU = |P ∩ G| / |P ∪ G|.
+- vIoU is the official one (:func:`tube_viou`, the TubeDETR/STCAT/CG-STVG evaluators):
+  over the *evaluated frames* (:func:`evaluation_times`), S_u = frames with
+  min(starts) <= t < max(ends) and S_i = frames with max(starts) <= t < min(ends);
+  vIoU = Σ_{t ∈ S_i, both boxes present} IoU / |S_u|. A frame of S_u without a predicted
+  box counts with IoU 0, and so does every frame between two disjoint spans.
+- vIoU@R counts a sample when its vIoU is *strictly* greater than R.
 - Predicted tubes are read from the stored tracks with :meth:`Track.boxes_at`
   (linear interpolation, nothing across long gaps), so vIoU does not depend on the
   rate at which objects were tracked.
@@ -18,7 +21,7 @@ Conventions (those of the TubeDETR/STCAT evaluators and the DAVIS/MeViS toolkit)
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,9 +31,15 @@ from pipeline.shards import ShardVideo
 
 DEFAULT_MAX_GAP_S = 0.5  # the preprocessing default for interpolating across track gaps
 BOUNDARY_TOLERANCE = 0.008  # F-measure tolerance as a fraction of the image diagonal (DAVIS)
+FRAME_GRID = (
+    "every native frame (k / native fps) in the union of the predicted and ground-truth "
+    "spans, half-open; annotated frames at their ground-truth times"
+)
+SPAN_TOLERANCE_S = 1e-3  # a frame time this close to a span end is on it (float32 shard times)
 
 
-def _valid_span(span_s) -> tuple[float, float] | None:
+def valid_span(span_s) -> tuple[float, float] | None:
+    """``(start, end)`` as floats, or None for a missing, non-finite or reversed span."""
     if span_s is None:
         return None
     try:
@@ -45,7 +54,7 @@ def _valid_span(span_s) -> tuple[float, float] | None:
 def temporal_iou(pred_span_s, gt_span_s) -> float:
     """IoU of two ``(start_s, end_s)`` spans; 0 if either is None, reversed, non-finite
     or if the union has zero length."""
-    p, g = _valid_span(pred_span_s), _valid_span(gt_span_s)
+    p, g = valid_span(pred_span_s), valid_span(gt_span_s)
     if p is None or g is None:
         return 0.0
     inter = max(0.0, min(p[1], g[1]) - max(p[0], g[0]))
@@ -60,25 +69,47 @@ def _present(box) -> bool:
     return b.size == 4 and bool(np.isfinite(b).all())
 
 
-def viou(
-    pred_xyxy: Mapping[Hashable, np.ndarray | None], gt_xyxy: Mapping[Hashable, np.ndarray | None]
+def tube_viou(
+    pred_span_s,
+    pred_xyxy: Mapping[float, np.ndarray | None],
+    gt_span_s,
+    gt_xyxy: Mapping[float, np.ndarray | None],
+    times_s,
 ) -> float:
-    """Σ_{k in both} IoU(pred[k], gt[k]) / |keys in either|; None/NaN boxes count as absent.
+    """The official vIoU of one prediction: Σ_{t ∈ S_i, both boxes present} IoU / |S_u|.
 
-    Keys are frame times or indices and must be *equal* values in both mappings
-    (build both tubes on the same time grid, e.g. with :func:`evaluation_times`).
+    Args:
+        pred_span_s, gt_span_s: ``(start_s, end_s)``; ``None`` (or an invalid span) for no
+            prediction / no ground truth.
+        pred_xyxy, gt_xyxy: box at a time of ``times_s`` (looked up by equal value); a
+            missing key, ``None`` or a non-finite box is absent.
+        times_s: (T,) the evaluated frame times.
+
+    S_u = times with min(starts) <= t < max(ends), S_i = times with max(starts) <= t <
+    min(ends) (half-open, as the evaluators treat frame ids; a time within
+    ``SPAN_TOLERANCE_S`` of a span end counts as on it). Returns 0 when S_u is empty or
+    either span is missing.
     """
-    pred = {k for k, b in pred_xyxy.items() if _present(b)}
-    gt = {k for k, b in gt_xyxy.items() if _present(b)}
-    union = pred | gt
-    if not union:
+    p, g = valid_span(pred_span_s), valid_span(gt_span_s)
+    if p is None or g is None:
         return 0.0
-    both = list(pred & gt)
-    if not both:
+    times = np.asarray(times_s, dtype=np.float64).reshape(-1)  # (T,)
+    tol = SPAN_TOLERANCE_S
+    in_union = (times >= min(p[0], g[0]) - tol) & (times < max(p[1], g[1]) - tol)  # (T,)
+    n_union = int(in_union.sum())
+    if n_union == 0:
         return 0.0
-    a = np.stack([np.asarray(pred_xyxy[k], dtype=np.float64).reshape(4) for k in both])  # (K, 4)
-    b = np.stack([np.asarray(gt_xyxy[k], dtype=np.float64).reshape(4) for k in both])  # (K, 4)
-    return float(paired_box_iou(a, b).sum() / len(union))
+    in_inter = (times >= max(p[0], g[0]) - tol) & (times < min(p[1], g[1]) - tol)  # (T,)
+    pairs = [
+        (pred_xyxy.get(t), gt_xyxy.get(t))
+        for t in times[in_inter].tolist()
+        if _present(pred_xyxy.get(t)) and _present(gt_xyxy.get(t))
+    ]
+    if not pairs:
+        return 0.0
+    a = np.stack([np.asarray(pb, dtype=np.float64).reshape(4) for pb, _ in pairs])  # (K, 4)
+    b = np.stack([np.asarray(gb, dtype=np.float64).reshape(4) for _, gb in pairs])  # (K, 4)
+    return float(paired_box_iou(a, b).sum() / n_union)
 
 
 def _union_box(boxes: np.ndarray) -> np.ndarray:
@@ -102,7 +133,7 @@ def predicted_tube(
     """
     times = np.asarray(times_s, dtype=np.float64).reshape(-1)
     out: dict[float, np.ndarray | None] = {float(t): None for t in times}
-    span = _valid_span(span_s)
+    span = valid_span(span_s)
     by_id = {t.id: t for t in tracks}
     chosen = [by_id[i] for i in dict.fromkeys(int(i) for i in ids) if i in by_id]
     if span is None or not chosen or times.size == 0:
@@ -129,11 +160,14 @@ def gt_tube(query: QueryRecord) -> dict[float, np.ndarray]:
 
 
 def evaluation_times(video: ShardVideo, query: QueryRecord) -> np.ndarray:
-    """(T,) float64 times on which vIoU is measured: the native frame grid over the whole
-    clip, with the ground-truth times standing in for the grid points they fall on.
+    """(T,) float64 evaluated frame times, as the HC-STVG and VidSTG evaluators sample them:
+    every native frame ``k / native_fps`` of the clip, with each annotated ground-truth time
+    standing in for the native frame it falls on (:data:`FRAME_GRID` says it in words).
 
-    Predicted boxes outside the ground-truth span must count in |S_u|, so the grid spans
-    the clip, not only the annotated frames.
+    :func:`tube_viou` keeps the ones inside the union of the spans, so predicted frames
+    outside the ground-truth span count in |S_u|; the grid ends at the clip's last frame
+    (stored frame, track observation or annotation), so a span running past the clip adds
+    no frames that do not exist.
     """
     gt_times = np.unique(
         np.concatenate([np.asarray(o.times_s, dtype=np.float32) for o in query.gt] or [[]])
@@ -146,6 +180,7 @@ def evaluation_times(video: ShardVideo, query: QueryRecord) -> np.ndarray:
         ends.append(float(video.frame_times_s[-1]))
     if gt_times.size:
         ends.append(float(gt_times[-1]))
+    ends += [float(t.times_s[-1]) for t in video.tracks if len(t.times_s)]
     grid = np.arange(0.0, max(ends) + step / 2, step)  # (G,)
     if gt_times.size:
         ref = np.concatenate([[-np.inf], gt_times, [np.inf]])  # sorted, padded
@@ -183,16 +218,18 @@ def sample_metrics(
     target = set(query.target_ids)
     return {
         "tiou": temporal_iou(span_s, query.span_s),
-        "viou": viou(pred, gt_tube(query)),
+        "viou": tube_viou(span_s, pred, query.span_s, gt_tube(query), times),
         "id_correct": bool(target) and set(int(i) for i in ids) == target,
         "id_score": id_score(ids, query.target_ids),
     }
 
 
-def summarize(results: Iterable[Mapping]) -> dict:
+def summarize(results: Iterable[Mapping], *, inclusive: bool = False) -> dict:
     """Benchmark numbers in percent: m_tIoU, m_vIoU, vIoU@0.3, vIoU@0.5 (a sample counts
-    when its vIoU is *strictly* greater than R), plus ``n``; ``id_acc`` when samples carry
-    ``id_correct``; J, F, J&F when they carry ``J`` and ``F``. Empty input gives NaN."""
+    when its vIoU is *strictly* greater than R, the official evaluators' rule; with
+    ``inclusive``, when it is >= R, the STVG-R1 evaluator's), plus ``n``; ``id_acc`` when
+    samples carry ``id_correct``; J, F, J&F when they carry ``J`` and ``F``. Empty input
+    gives NaN."""
     rows = list(results)
     out: dict = {"n": len(rows)}
 
@@ -211,8 +248,9 @@ def summarize(results: Iterable[Mapping]) -> dict:
     tiou, v = column("tiou", True), column("viou", True)
     out["m_tIoU"] = pct(tiou)
     out["m_vIoU"] = pct(v)
-    out["vIoU@0.3"] = pct(None if v is None else (v > 0.3).astype(np.float64))
-    out["vIoU@0.5"] = pct(None if v is None else (v > 0.5).astype(np.float64))
+    for r in (0.3, 0.5):
+        hit = None if v is None else (v >= r if inclusive else v > r).astype(np.float64)
+        out[f"vIoU@{r}"] = pct(hit)
     ids = column("id_correct", False)
     if ids is not None:
         out["id_acc"] = pct(ids)

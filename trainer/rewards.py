@@ -78,7 +78,8 @@ def id_reward(
 def viou_reward(
     answer: Answer, video: ShardVideo, query: QueryRecord, *, max_gap_s: float = DEFAULT_MAX_GAP_S
 ) -> float:
-    """vIoU of the predicted tube (predicted IDs' tracks inside the predicted span)."""
+    """The official vIoU (:func:`~trainer.metrics.tube_viou`) of the predicted IDs' tracks
+    over the predicted span, on the evaluated frames that evaluation uses."""
     if not answer.ids or answer.span_s is None:
         return 0.0
     return sample_metrics(video, query, answer.ids, answer.span_s, max_gap_s=max_gap_s)["viou"]
