@@ -83,8 +83,17 @@ def folder_lock(out_dir: Path, timeout_s: float = 60.0) -> Iterator[None]:
     import filelock
 
     lock = filelock.FileLock(str(out_dir / FOLDER_LOCK), timeout=timeout_s)
-    with lock:
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise OutputLockedError(
+            f"{out_dir}: another run has been starting on this folder for {timeout_s:.0f} s "
+            f"({FOLDER_LOCK} is held); try again"
+        ) from None
+    try:
         yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager
