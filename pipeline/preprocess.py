@@ -303,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args, spec.classes)
         records = list(iter_records(spec, args.split, root=args.root, on_error=problems.append))
         for problem in problems:
-            print(f"skipped: {problem}", file=sys.stderr)
+            print(f"{'skipped' if problem.skipped else 'repaired'}: {problem.describe()}",
+                  file=sys.stderr)  # fmt: skip
         manifest = run(
             records,
             out,

@@ -127,9 +127,6 @@ def test_case1_one_share_one_run_and_shares_run_side_by_side(reference, records,
     run's rows; the folder summary merges both manifests."""
     import socket
 
-    from pipeline.views.summary import folder_summary, format_summary
-    from pipeline.views.summary import main as summary_main
-
     out = tmp_path / "shards"
     # the 4 ids hash to shares [1, 1, 0, 2] of 3
     a = popen(
@@ -164,6 +161,9 @@ def test_case1_one_share_one_run_and_shares_run_side_by_side(reference, records,
     run(records, out, PreprocessConfig(), num_shards=3, shard_index=2, progress=False)
     assert_folder_consistent(out, [r.video_id for r in records])
     assert rows_of(out) == reference[1]  # the shares give the single run's rows
+
+    from pipeline.views.summary import folder_summary, format_summary
+    from pipeline.views.summary import main as summary_main
 
     m = json.loads((out / "_manifest-001of003.json").read_text())
     assert m["counts"]["videos_selected"] == m["counts"]["share_done"] == 2
@@ -411,7 +411,6 @@ def test_case7_late_starting_jpeg_clip_is_timed_from_its_first_frame(tmp_path):
 
 
 def test_case8_bad_boxes_are_dropped_clipped_and_counted(hc_root, tmp_path):
-    from pipeline.adapters.checks import check_boxes
     from pipeline.datasets import iter_records
 
     root = tmp_path / "hc"
@@ -451,6 +450,8 @@ def test_case8_bad_boxes_are_dropped_clipped_and_counted(hc_root, tmp_path):
     assert len(gt.xyxy) == len(boxes) - 5 - 2 and np.isfinite(gt.xyxy).all()
     assert gt.xyxy[:, [0, 2]].max() <= 320 and gt.xyxy[:, [1, 3]].max() <= 240  # clipped to 320x240
     assert v2 not in by_video and recs[v2].queries[0].gt[0].xyxy.shape[0] > 0
+    from pipeline.adapters.checks import check_boxes
+
     keep, _, counts = check_boxes(np.array([[1, 2, 3, 4], [5, 5, 4, 9]]), None)  # size unknown
     assert keep.tolist() == [True, False] and counts["inverted"] == 1
 
@@ -487,7 +488,6 @@ def test_case10_failures_listed_once_and_cleared_by_a_success(hc_root, tmp_path)
     one, once in place, succeeds and leaves the list; stray temporary parts go at start;
     a truncated part file is a clear error naming it."""
     from pipeline.datasets import iter_records
-    from pipeline.shards import UnreadableShardError
 
     root = tmp_path / "hc"
     (root / "video").mkdir(parents=True)
@@ -518,6 +518,8 @@ def test_case10_failures_listed_once_and_cleared_by_a_success(hc_root, tmp_path)
     ]
     assert len((out / "_failure_history.jsonl").read_text().splitlines()) == 5  # 2 + 2 + 1
     assert_folder_consistent(out, [Path(a).stem, Path(b).stem])
+
+    from pipeline.shards import UnreadableShardError
 
     part = sorted(out.glob("part-*.parquet"))[0]
     part.write_bytes(part.read_bytes()[:200])
