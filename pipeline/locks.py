@@ -36,10 +36,10 @@ def shard_tag(num_shards: int, shard_index: int) -> str:
     return f"{shard_index:03d}of{num_shards:03d}"
 
 
-def _lock(path: Path):
+def _lock(path: Path, timeout_s: float = 0.0):
     import filelock
 
-    return filelock.FileLock(str(path), timeout=0)
+    return filelock.FileLock(str(path), timeout=timeout_s)
 
 
 def holder(out_dir: Path, tag: str) -> dict:
@@ -109,7 +109,8 @@ def share_lock(out_dir: Path, num_shards: int, shard_index: int) -> Iterator[str
     from pipeline.shards import write_json_atomic
 
     tag = shard_tag(num_shards, shard_index)
-    lock = _lock(out_dir / f"{LOCK_PREFIX}{tag}")
+    # a short wait: another start or a summary may be probing this lock for a moment
+    lock = _lock(out_dir / f"{LOCK_PREFIX}{tag}", timeout_s=2.0)
     try:
         lock.acquire()
     except filelock.Timeout:
