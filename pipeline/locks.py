@@ -1,7 +1,7 @@
 """Locks on a shard folder, so that two runs never write the same share of it.
 
 A run holds ``_lock-<index>of<n>`` (its shard index) for its whole length, taken with
-:mod:`filelock` (``flock`` on Linux and macOS, ``LockFileEx`` on Windows): the OS
+:mod:`filelock` (``flock`` on Linux, the platform's own lock elsewhere): the OS
 releases it when the process ends, however it ends, so a lock left by a killed run is
 simply taken over. Beside it, ``_lock-<index>of<n>.json`` names the holder (PID, host,
 start time) for the refusal message. Runs with other shard indexes of the same

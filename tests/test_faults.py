@@ -191,23 +191,23 @@ def test_case1_overlapping_split_refused_and_a_dead_holder_taken_over(records, t
 
     out = tmp_path / "shards"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out), "2", "1"], cwd=REPO_ROOT,
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out), "4", "2"], cwd=REPO_ROOT,
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(
-            OutputLockedError, match=rf"shard 001of002 .*PID {holder.pid}.*overlaps"
+            OutputLockedError, match=rf"shard 002of004 .*PID {holder.pid}.*overlaps"
         ):
             run(records[:1], out, PreprocessConfig(), progress=False)
-        with pytest.raises(OutputLockedError, match=rf"shard 001of002 .*PID {holder.pid}"):
-            run(records[:1], out, PreprocessConfig(), num_shards=2, shard_index=1, progress=False)
+        with pytest.raises(OutputLockedError, match=rf"shard 002of004 .*PID {holder.pid}"):
+            run(records[:1], out, PreprocessConfig(), num_shards=4, shard_index=2, progress=False)
         assert not list(out.glob("part-*")) and not list(out.glob("_manifest*"))
     finally:
         holder.kill()
         holder.wait()
-    m = run(records, out, PreprocessConfig(), num_shards=2, shard_index=1, progress=False)
-    assert json.loads((out / "_lock-001of002.json").read_text())["pid"] == os.getpid()
-    assert m["counts"]["share_done"] == m["counts"]["videos_selected"]
+    m = run(records, out, PreprocessConfig(), num_shards=4, shard_index=2, progress=False)
+    assert json.loads((out / "_lock-002of004.json").read_text())["pid"] == os.getpid()
+    assert m["counts"]["share_done"] == m["counts"]["videos_selected"] == 1  # shares [0, 2, 0, 0]
 
 
 # --------------------------------------------------------------------------- 2: dead parent
