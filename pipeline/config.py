@@ -152,11 +152,14 @@ class PreprocessConfig:
             raise ValueError("PreprocessConfig: " + "; ".join(problems))
 
     def identity(self) -> dict:
-        """Everything that decides the rows: the settings, :data:`OUTPUT_VERSION` and the
-        detector file's SHA-256 (``weights`` None names whatever checkpoint is committed)."""
+        """Everything that decides the rows: the settings but :data:`NOT_IN_IDENTITY`,
+        :data:`OUTPUT_VERSION` and the detector file's SHA-256 (``weights`` None names
+        whatever checkpoint is committed)."""
         from pipeline.detect import resolve_weights
 
         settings = json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        for name in NOT_IN_IDENTITY:
+            settings.pop(name, None)
         return {
             **settings,
             "output_version": OUTPUT_VERSION,
@@ -168,6 +171,13 @@ class PreprocessConfig:
         blob = json.dumps(self.identity(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+
+NOT_IN_IDENTITY = ("batch_size",)
+"""Settings that cannot change a row, left out of :meth:`PreprocessConfig.identity`: the
+detector's batch is cut every ``batch_size`` frames from the video's start, and rows
+made with batches of 1 and 16 agree to 1e-3 px (tests/test_faults.py), so a resume
+with another batch size is accepted. (Workers and the progress bar are run options,
+not settings.)"""
 
 OUTPUT_VERSION = 2
 """Bumped whenever a code change alters the rows written for the same settings, so that

@@ -114,7 +114,8 @@ def iter_records(
     """The :class:`VideoRecord` s of one split of a registered dataset.
 
     The split, root and annotation files are checked when called; videos are read as
-    the iterator is consumed.
+    the iterator is consumed, and their ground truth checked
+    (:mod:`pipeline.adapters.checks`: invalid boxes dropped, boxes clipped to the frame).
 
     Args:
         name_or_spec: a name from ``datasets.yaml`` or a :class:`DatasetSpec`.
@@ -129,7 +130,8 @@ def iter_records(
         ValueError: unknown split (the message lists the known ones).
         DatasetNotFoundError: the data is missing (at once, with the download hint).
     """
-    from pipeline.adapters import DatasetNotFoundError, get_adapter
+    from pipeline.adapters import DatasetNotFoundError, get_adapter, warn_problem
+    from pipeline.adapters.checks import checked
 
     spec = get_spec(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
     if spec.format != "folder" and split not in spec.splits:
@@ -145,6 +147,8 @@ def iter_records(
     except DatasetNotFoundError as exc:
         hint = f" [{spec.name}] {spec.download}" if spec.download else ""
         raise DatasetNotFoundError(f"{exc}{hint}") from exc
+    # ground truth checked in one place for every format (pipeline.adapters.checks)
+    records = checked(records, on_error or warn_problem, f"{spec.name}/{split}")
     if limit is None:
         return records
     if limit < 0:

@@ -5,7 +5,7 @@ Conventions:
 * Times are seconds from the record's clip start (``clip_start_s``; 0 for whole
   videos). For video files they come from each frame's ``pts * time_base`` (relative
   to the stream's start), never from counting; for JPEG folders from
-  :func:`pipeline.records.frame_file_times` (frame number / nominal fps).
+  :func:`pipeline.records.frame_file_times` ((frame number - first frame number) / nominal fps).
 * A frame belongs to the clip ``[clip_start_s, clip_end_s)`` when its time lies in it,
   within a quarter of a frame interval of tolerance (so ``begin_fid / fps`` is in,
   ``end_fid / fps`` is out, whatever the rounding of the pts).

@@ -1,9 +1,13 @@
-"""The shard folder's bookkeeping: part files, the manifest, the failure log, sharding.
+"""The shard folder's bookkeeping: part files, manifests, failure lists, sharding.
 
-A folder holds ``part-<shard>-<seq>.parquet`` files written atomically, a
-``_manifest.json`` (written before the first video with ``status: running``, completed
-at the end) and an append-only ``_failures.jsonl``. Counts in the manifest are always
-recomputed from what is on disk, so they stay right across resumed runs.
+A folder holds ``part-<tag>-<seq>.parquet`` files written atomically (``<tag>`` is the
+share, ``<index>of<n>``), one manifest per share (``_manifest.json`` for an unsharded
+run, ``_manifest-<tag>.json`` otherwise; written before the first video with
+``status: running``, completed at the end), one list of the share's currently failed
+videos (``_failures.jsonl`` / ``_failures-<tag>.jsonl``, a line per video) and an
+append-only ``_failure_history.jsonl``. Counts in a manifest are recomputed from the
+part files on disk, so they stay right across resumed runs; ``python -m
+pipeline.views.summary <folder>`` merges all shares' manifests into one view.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.records import VideoRecord
-from pipeline.shards import write_json_atomic
+from pipeline.shards import atomic_file, write_json_atomic
 
 if TYPE_CHECKING:
     from pipeline.config import PreprocessConfig
@@ -28,6 +32,7 @@ PART_PREFIX = "part"
 # underscore names: Arrow, pandas and HF datasets skip them when reading the folder
 MANIFEST = "_manifest.json"
 FAILURES = "_failures.jsonl"
+FAILURE_HISTORY = "_failure_history.jsonl"  # every failure of every run, appended
 
 
 class OutputConflictError(RuntimeError):
@@ -149,41 +154,176 @@ _SUMMARY_COLUMNS = (
 )  # fmt: skip
 
 
+# ------------------------------------------------------------------ per-share file names
+
+
+def manifest_name(tag: str) -> str:
+    """``_manifest.json`` for an unsharded run, ``_manifest-<tag>.json`` for a share."""
+    return MANIFEST if tag == "000of001" else f"_manifest-{tag}.json"
+
+
+def failures_name(tag: str) -> str:
+    """``_failures.jsonl`` for an unsharded run, ``_failures-<tag>.jsonl`` for a share."""
+    return FAILURES if tag == "000of001" else f"_failures-{tag}.jsonl"
+
+
+def manifest_paths(out_dir: Path) -> list[Path]:
+    """Every share's manifest in ``out_dir``."""
+    return sorted({*out_dir.glob("_manifest.json"), *out_dir.glob("_manifest-*.json")})
+
+
+def failure_paths(out_dir: Path) -> list[Path]:
+    """Every share's current-failures file in ``out_dir`` (not :data:`FAILURE_HISTORY`)."""
+    return sorted({*out_dir.glob(FAILURES), *out_dir.glob("_failures-*.jsonl")})
+
+
+def remove_stray_temps(out_dir: Path, tag: str) -> list[Path]:
+    """Delete temporary files a killed run of this share left (``.part-<tag>-*.tmp``, a
+    half-written manifest or failure list); other shares' files are left alone."""
+    patterns = (
+        f".{PART_PREFIX}-{tag}-*.tmp",
+        f".{manifest_name(tag)}.*.tmp",
+        f".{failures_name(tag)}.*.tmp",
+    )
+    stray = sorted({p for pat in patterns for p in out_dir.glob(pat)})
+    for p in stray:
+        p.unlink(missing_ok=True)
+    return stray
+
+
+class FailureLog:
+    """One current line per failed video of a share, rewritten atomically; a video that
+    later succeeds is removed. Every failure is also appended to :data:`FAILURE_HISTORY`."""
+
+    def __init__(self, out_dir: Path, tag: str):
+        self.path = out_dir / failures_name(tag)
+        self.history = out_dir / FAILURE_HISTORY
+        self.current = read_failures(self.path)
+
+    def failed(self, entry: dict) -> None:
+        self.current[entry["video_id"]] = entry
+        with self.history.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+        self._write()
+
+    def succeeded(self, video_ids) -> None:
+        """Forget the failures of videos now stored in a part file."""
+        gone = [v for v in video_ids if self.current.pop(v, None) is not None]
+        if gone:
+            self._write()
+
+    def _write(self) -> None:
+        if not self.current:
+            self.path.unlink(missing_ok=True)
+            return
+        with atomic_file(self.path, "w") as f:
+            for vid in sorted(self.current):
+                f.write(json.dumps(self.current[vid]) + "\n")
+
+
+# ------------------------------------------------------------------ the folder's identity
+
+
 def _config_diff(old: dict, new: dict) -> str:
     keys = sorted(set(old) | set(new))
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
     return ", ".join(diffs) or "(same fields, different hash)"
 
 
-def prepare_output(out_dir: Path, config: PreprocessConfig, overwrite: bool, meta: dict) -> None:
-    """Refuse a folder made with other settings (unless ``overwrite``: then empty it), and
-    mark the run as started in the manifest before any part file is written."""
-    manifest_path = out_dir / MANIFEST
+def _tag_of(manifest: Path) -> str:
+    return "000of001" if manifest.name == MANIFEST else manifest.stem.split("-", 1)[1]
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # unreadable: treated as a manifest of unknown settings
+
+
+def _clear(out_dir: Path) -> None:
+    """``--overwrite``: delete every part, manifest and failure list of the folder."""
+    for p in [
+        *out_dir.glob(f"{PART_PREFIX}-*.parquet"),
+        *manifest_paths(out_dir),
+        *failure_paths(out_dir),
+        out_dir / FAILURE_HISTORY,
+    ]:
+        p.unlink(missing_ok=True)
+
+
+def prepare_output(
+    out_dir: Path, config: PreprocessConfig, overwrite: bool, meta: dict, tag: str = "000of001"
+) -> None:
+    """Check the folder against ``config`` and mark this share as running.
+
+    Called with the share's lock held (:func:`pipeline.locks.share_lock`) and inside
+    :func:`pipeline.locks.folder_lock`. The folder's identity is the config hash of its
+    manifests, binding only while a part file exists or another share is running: a
+    folder holding no finished part (a run that failed its checks, or was killed before
+    its first part) is reused with the new settings, its stale manifests removed.
+    """
+    from pipeline.locks import held_tags
+
     parts = sorted(out_dir.glob(f"{PART_PREFIX}-*.parquet"))
-    old = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    running = held_tags(out_dir, skip=tag)
     if overwrite:
-        for p in [*parts, out_dir / FAILURES, manifest_path]:
-            p.unlink(missing_ok=True)
-        old = None
-    elif old is not None and old.get("config_hash") != config.hash():
-        before = old.get("identity", old.get("config", {}))
-        raise OutputConflictError(
-            f"{out_dir} holds shards made with other settings or another pipeline version "
-            f"(config hash {old.get('config_hash')} != {config.hash()}; "
-            f"{_config_diff(before, config.identity())}). "
-            "Use another --out, or --overwrite to delete them and start again."
-        )
-    elif old is None and parts:
+        if running:
+            raise OutputConflictError(
+                f"{out_dir}: --overwrite would delete the work of shard {running[0]}, "
+                "which is running now"
+            )
+        _clear(out_dir)
+        parts = []
+    mine = config.hash()
+    manifests = {p: _read_manifest(p) for p in manifest_paths(out_dir)}
+    binding = bool(parts) or bool(running)
+    for path, old in list(manifests.items()):
+        if old.get("config_hash") == mine:
+            continue
+        if binding:
+            before = old.get("identity", old.get("config", {}))
+            raise OutputConflictError(
+                f"{out_dir} holds shards made with other settings or another pipeline version "
+                f"(config hash {old.get('config_hash')} != {mine}; "
+                f"{_config_diff(before, config.identity())}). "
+                "Use another --out, or --overwrite to delete them and start again."
+            )
+        path.unlink()  # describes no part: stale, and so is its failure list
+        (out_dir / failures_name(_tag_of(path))).unlink(missing_ok=True)
+        del manifests[path]
+    if parts and not manifests:
         raise OutputConflictError(
             f"{out_dir} holds {len(parts)} part files but no {MANIFEST}, so the settings that "
             "made them are unknown. Use another --out, or --overwrite to delete them."
         )
+    path = out_dir / manifest_name(tag)
     started = {
-        **(old or {}),
+        **manifests.get(path, {}),
         **meta,
+        **manifest_identity(config),
+        "status": "running",
+    }
+    write_json_atomic(path, started)
+
+
+IDENTITY_NOTE = (
+    "identity: every setting that changes the rows, the output version and the detector "
+    "file's SHA-256; config_hash is its hash, and a run into this folder with another "
+    "hash is refused while the folder holds a part file. config also records the "
+    "settings that cannot change a row (not_in_identity) and last_run the run's own "
+    "options (workers, progress); neither is compared."
+)
+
+
+def manifest_identity(config: PreprocessConfig) -> dict:
+    """The manifest's identity block: settings, identity, hash and what the hash leaves out."""
+    from pipeline.config import NOT_IN_IDENTITY
+
+    return {
         "config": dataclasses.asdict(config),
         "identity": config.identity(),
         "config_hash": config.hash(),
-        "status": "running",
+        "not_in_identity": list(NOT_IN_IDENTITY),
+        "identity_note": IDENTITY_NOTE,
     }
-    write_json_atomic(manifest_path, started)

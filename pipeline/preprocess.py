@@ -8,19 +8,21 @@ once at ``out_fps`` to burn the final IDs into the stored frames. Nothing holds 
 video in memory. Finished videos are written in small atomic part files, so a rerun
 (after a crash, ``kill -9`` or Ctrl-C) skips them and completes with no duplicate or
 partial rows. A video that cannot be processed (missing, corrupt, truncated, no frames)
-is appended to ``_failures.jsonl`` with the reason and listed in ``_manifest.json``
-(config, config hash, package versions, counts); the run goes on, and a rerun retries it.
-A video in which nothing is detected is not a failure: its row has no tracks and its
-queries no target IDs (counted as unmatched). The manifest is written before the first
-video, so a folder made with other settings is refused even after a crash.
+is listed, once, with the reason in the share's ``_failures.jsonl`` and manifest; the
+run goes on, and a rerun retries it (a success removes it from the list). A video in
+which nothing is detected is not a failure: its row has no tracks and its queries no
+target IDs (counted as unmatched).
+
+Options, the detector and its classes are checked before anything is written. A run
+holds the lock of its share of the folder (:mod:`pipeline.locks`) until it ends, and
+its manifest is written before the first video, so a folder holding parts made with
+other settings is refused even after a crash (see :func:`pipeline.output.prepare_output`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
 import time
 from collections import Counter
@@ -30,17 +32,22 @@ from pathlib import Path
 
 from pipeline.cli import flag_parser
 from pipeline.config import PreprocessConfig
+from pipeline.locks import OutputLockedError, folder_lock, shard_tag, share_lock
 from pipeline.output import (
-    FAILURES,
-    MANIFEST,
+    FailureLog,
     OutputConflictError,
+    failures_name,
+    manifest_identity,
+    manifest_name,
     next_part,
     package_versions,
     prepare_output,
     read_failures,
+    remove_stray_temps,
     select_records,
     summarize_shards,
 )
+from pipeline.processor import VideoProcessor
 from pipeline.records import VideoRecord
 from pipeline.runtime import DATA_DIR, resolve
 from pipeline.shards import read_video_ids, write_json_atomic, write_shard
@@ -76,14 +83,15 @@ def run(
     """Process ``records`` into ``out_dir``; returns the manifest (also written to disk).
 
     ``executor`` runs the videos and yields one result per video (None: this process, or
-    ``workers`` processes); e.g. :class:`pipeline.ray_executor.RayExecutor`.
+    ``workers`` processes); e.g. :class:`pipeline.ray_executor.RayExecutor`. Every argument,
+    the detector and its classes are checked before anything is written; the share's lock
+    (:func:`pipeline.locks.share_lock`) is held for the whole run.
 
     Raises:
-        ValueError: bad arguments or duplicate video ids.
+        ValueError: bad arguments, unknown detector classes or duplicate video ids.
         OutputConflictError: ``out_dir`` holds shards made with other settings.
+        OutputLockedError: another live run writes this share of ``out_dir``.
     """
-    from tqdm import tqdm
-
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     if workers < 1 or videos_per_file < 1 or (limit is not None and limit < 0):
@@ -94,19 +102,46 @@ def run(
     dups = sorted(v for v, n in Counter(r.video_id for r in records).items() if n > 1)
     if dups:
         raise ValueError(f"duplicate video ids in the records: {dups[:10]}")
-    from pipeline.detect import resolve_weights
-
-    resolve_weights(config.weights)  # a missing checkpoint fails here, not in every worker
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} exists and is not a folder")
+    # loads the detector: a missing checkpoint or an unknown class fails here, before
+    # anything is written (the serial run then uses this one)
+    processor = VideoProcessor(config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prepare_output(out_dir, config, overwrite, meta or {})
+    with share_lock(out_dir, num_shards, shard_index) as tag:
+        with folder_lock(out_dir):
+            prepare_output(out_dir, config, overwrite, meta or {}, tag)
+        remove_stray_temps(out_dir, tag)
+        selected = select_records(records, num_shards, shard_index, limit)
+        done = read_video_ids(out_dir)
+        todo = [r for r in selected if r.video_id not in done]
+        if executor is not None:
+            del processor  # each of the executor's workers loads its own
+            results = executor(todo, config)
+        elif workers > 1 and len(todo) > 1:
+            del processor  # each worker loads its own
+            results = run_parallel(todo, config, min(workers, len(todo)))
+        else:
+            results = run_serial(todo, config, processor)
+        t0 = time.perf_counter()
+        stats = _write_results(results, out_dir, tag, len(todo), videos_per_file, progress)
+        elapsed = time.perf_counter() - t0
+        options = {"limit": limit, "workers": workers, "progress": progress,
+                   "videos_per_file": videos_per_file}  # fmt: skip
+        return _finish(out_dir, config, tag, selected, stats, elapsed, options, meta or {})
 
-    selected = select_records(records, num_shards, shard_index, limit)
-    done = read_video_ids(out_dir)
-    todo = [r for r in selected if r.video_id not in done]
-    shard_tag = f"{shard_index:03d}of{num_shards:03d}"
-    parts = next_part(out_dir, shard_tag)
-    failures_path = out_dir / FAILURES
+
+def _write_results(
+    results, out_dir: Path, tag: str, total: int, videos_per_file: int, progress: bool
+) -> RunStats:
+    """The writer loop: finished rows into atomic part files (``videos_per_file`` each),
+    failures into the share's failure list; consumes ``results``, an iterator of
+    (video_id, row, stats, error) from any executor, and closes it at the end."""
+    from tqdm import tqdm
+
+    parts = next_part(out_dir, tag)
+    failures = FailureLog(out_dir, tag)
     stats = RunStats()
     pending: list[dict] = []
     t0 = time.perf_counter()
@@ -114,26 +149,16 @@ def run(
     def flush() -> None:
         if pending:
             write_shard(next(parts), sorted(pending, key=lambda r: r["video_id"]), row_group_size=1)
+            failures.succeeded([r["video_id"] for r in pending])
             pending.clear()
 
-    if executor is not None:
-        results = executor(todo, config)
-    elif workers > 1 and len(todo) > 1:
-        results = run_parallel(todo, config, min(workers, len(todo)))
-    else:
-        results = run_serial(todo, config)
-    bar = tqdm(
-        total=len(todo), desc=f"preprocess {out_dir.name}", unit="video", disable=not progress
-    )
+    bar = tqdm(total=total, desc=f"preprocess {out_dir.name}", unit="video", disable=not progress)
     try:
         for video_id, row, vstats, error in results:
             if error is not None:
                 entry = {"video_id": video_id, "reason": error, "time": time.time()}
                 stats.failures.append(entry)
-                with failures_path.open("a") as f:
-                    f.write(json.dumps(entry) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                failures.failed(entry)
                 bar.write(f"failed {video_id}: {error}")
             else:
                 pending.append(row)
@@ -155,29 +180,41 @@ def run(
             flush()  # finished videos are kept whatever happened
         finally:
             results.close()  # stops the workers on an error or Ctrl-C
+    return stats
 
-    elapsed = time.perf_counter() - t0
+
+SHARE_NOTE = (
+    "counts cover every part file of the folder (all shares written so far); "
+    "videos_selected is this share's number of videos (its --num-shards share, then "
+    "--limit), and share_done / videos_failed are this share's. `python -m "
+    "pipeline.views.summary <folder>` merges all shares."
+)
+
+
+def _finish(out_dir, config, tag, selected, stats, elapsed, options, meta) -> dict:
+    """Recount from disk and write the share's completed manifest."""
     finished = read_video_ids(out_dir)
-    failures = [f for vid, f in read_failures(failures_path).items() if vid not in finished]
+    failures = [f for vid, f in read_failures(out_dir / failures_name(tag)).items()
+                if vid not in finished]  # fmt: skip
+    index, num_shards = (int(x) for x in tag.split("of"))
     counts = summarize_shards(out_dir, config.max_gap_s)
     counts["videos_selected"] = len(selected)
+    counts["share_done"] = sum(r.video_id in finished for r in selected)
     counts["videos_failed"] = len(failures)
     manifest = {
-        **(meta or {}),
-        "config": dataclasses.asdict(config),
-        "identity": config.identity(),
-        "config_hash": config.hash(),
+        **meta,
+        **manifest_identity(config),
         "status": "complete",
         "num_shards": num_shards,
-        "shard_index": shard_index,
+        "shard_index": index,
+        "counts_note": SHARE_NOTE,
         "versions": package_versions(),
         "counts": counts,
         "failures": failures,
         "last_run": {
             "num_shards": num_shards,
-            "shard_index": shard_index,
-            "limit": limit,
-            "workers": workers,
+            "shard_index": index,
+            **options,
             "videos_processed": stats.videos,
             "videos_failed": len(stats.failures),
             "seconds": round(elapsed, 2),
@@ -185,7 +222,7 @@ def run(
             "frames_per_s": round(stats.frames_tracked / max(elapsed, 1e-9), 2),
         },
     }
-    write_json_atomic(out_dir / MANIFEST, manifest)
+    write_json_atomic(out_dir / manifest_name(tag), manifest)
     return manifest
 
 
@@ -303,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args, spec.classes)
         records = list(iter_records(spec, args.split, root=args.root, on_error=problems.append))
         for problem in problems:
-            print(f"skipped: {problem}", file=sys.stderr)
+            print(f"{'skipped' if problem.skipped else 'repaired'}: {problem.describe()}",
+                  file=sys.stderr)  # fmt: skip
         manifest = run(
             records,
             out,
@@ -319,21 +357,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             meta={
                 "dataset": args.dataset,
                 "split": args.split,
-                "annotation_problems": [str(p) for p in problems],
+                "annotation_problems": [p.as_dict() for p in problems],
             },
         )
     except DatasetNotFoundError as exc:
         return _error(
             f"{exc}\n(or pass --root; `python -m pipeline.datasets` lists the expected roots)"
         )
-    except (OutputConflictError, ValueError, FileNotFoundError) as exc:
+    except (OutputConflictError, OutputLockedError, ValueError, FileNotFoundError) as exc:
         return _error(str(exc))
     c = manifest["counts"]
     print(
         f"{out}: {c['videos']} videos, {c['queries']} queries, matched {c['matched']}/{c['annotated']} "
         f"({100 * c['match_rate']:.1f}%), right IDs {100 * c['exact_rate']:.1f}%, "
         f"mean match IoU {c['mean_match_iou']:.3f}, failed {c['videos_failed']}"
-        + (f" (see {out / FAILURES})" if c["videos_failed"] else "")
+        + (
+            f" (see {out / failures_name(shard_tag(args.num_shards, args.shard_index))})"
+            if c["videos_failed"]
+            else ""
+        )
     )
     return 0
 

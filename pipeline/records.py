@@ -1,7 +1,7 @@
 """The records every stage passes on: a video, its queries with ground truth, and tracks.
 
 Adapters yield :class:`VideoRecord` (ground truth in the *native* frame size and
-seconds from the video's first frame); the pipeline produces :class:`Track` objects
+seconds from the clip's first stored frame); the pipeline produces :class:`Track` objects
 (in the *stored* frame size) and writes both to shards. Arrays are validated on
 construction and never mutated afterwards (frozen dataclasses, copies on input).
 """
@@ -150,11 +150,18 @@ class VideoRecord:
 
 
 def frame_file_times(frame_files: Sequence[str], fps: float) -> np.ndarray:
-    """Times (s) of JPEG-folder frames: numeric stems are native frame numbers
-    (Ref-YouTube-VOS steps by 5), otherwise the list position is used. (N,) float64."""
+    """Clip-relative times (s) of JPEG-folder frames: 0 at the first stored frame.
+
+    Numeric stems are native frame numbers (Ref-YouTube-VOS steps by 5, and 73 of its
+    507 ``valid`` videos start after ``00000``), so a frame sits at ``(number - first
+    number) / fps``; otherwise the list position is used. (N,) float64. Adapters and the
+    decoder both time frames with this, so ground truth, stored frame times, the
+    prompt's duration and the metrics share one clock.
+    """
     stems = [Path(f).stem for f in frame_files]
-    if all(s.isdigit() for s in stems):
-        return np.array([int(s) for s in stems], dtype=np.float64) / fps
+    if stems and all(s.isdigit() for s in stems):
+        numbers = np.array([int(s) for s in stems], dtype=np.float64)
+        return (numbers - numbers[0]) / fps
     return np.arange(len(stems), dtype=np.float64) / fps
 
 

@@ -182,51 +182,74 @@ def make_row(
 
 
 def _masks_in(masks):
-    return None if masks is None else tuple(masks)
+    return None if masks is None else tuple(None if m is None else str(m) for m in masks)
 
 
 def _boxes(rows) -> np.ndarray:
-    return np.asarray(rows, dtype=np.float32).reshape(-1, 4)
+    """(N, 4) float32 from a list of boxes or pandas' array of arrays."""
+    boxes = [np.asarray(b, dtype=np.float32).reshape(4) for b in _items(rows)]
+    return np.stack(boxes) if boxes else np.zeros((0, 4), np.float32)
 
 
-def row_to_video(row: dict) -> ShardVideo:
-    """Inverse of :func:`make_row` (also accepts rows read back from Parquet)."""
+def _items(value) -> list:
+    """A list column's items however the reader gave them: a list (pyarrow, 🤗 datasets),
+    a NumPy object array (pandas), or a dict of equal-length lists (🤗 ``Sequence`` of
+    structs)."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        keys = list(value)
+        columns = [_items(value[k]) for k in keys]
+        return [dict(zip(keys, vals)) for vals in zip(*columns)]
+    return list(value)
+
+
+def row_to_video(row) -> ShardVideo:
+    """Inverse of :func:`make_row`, for a row read back by any reader: ``to_pylist()``
+    (pyarrow), ``DataFrame.iloc[i]`` / ``to_dict("records")`` (pandas) or ``dataset[i]``
+    (🤗 datasets)."""
+    row = dict(row)
     tracks = tuple(
         Track(
-            id=t["id"],
+            id=int(t["id"]),
             class_name=t["class_name"],
-            times_s=t["times_s"],
+            times_s=np.asarray(_items(t["times_s"]), dtype=np.float32),
             xyxy=_boxes(t["xyxy"]),
             masks_rle=_masks_in(t["masks_rle"]),
         )
-        for t in row["tracks"]
+        for t in _items(row["tracks"])
     )
     queries = tuple(
         QueryRecord(
             query_id=q["query_id"],
             text=q["text"],
             qtype=q["qtype"],
-            span_s=tuple(q["span_s"]),
+            span_s=tuple(_items(q["span_s"])),
             gt=tuple(
-                GTObject(g["object"], g["times_s"], _boxes(g["xyxy"]), _masks_in(g["masks_rle"]))
-                for g in q["gt"]
+                GTObject(
+                    int(g["object"]),
+                    np.asarray(_items(g["times_s"]), dtype=np.float32),
+                    _boxes(g["xyxy"]),
+                    _masks_in(g["masks_rle"]),
+                )
+                for g in _items(q["gt"])
             ),
-            target_ids=tuple(q["target_ids"]),
-            match_iou=float("nan") if q["match_iou"] is None else q["match_iou"],
+            target_ids=tuple(_items(q["target_ids"])),
+            match_iou=float("nan") if q["match_iou"] is None else float(q["match_iou"]),
         )
-        for q in row["queries"]
+        for q in _items(row["queries"])
     )
     return ShardVideo(
         video_id=row["video_id"],
         dataset=row["dataset"],
         split=row["split"],
-        width=row["width"],
-        height=row["height"],
-        out_fps=row["out_fps"],
-        track_fps=row["track_fps"],
-        native_fps=row["native_fps"],
-        frame_times_s=np.asarray(row["frame_times_s"], dtype=np.float32),
-        frames=tuple(row["frames"]),
+        width=int(row["width"]),
+        height=int(row["height"]),
+        out_fps=float(row["out_fps"]),
+        track_fps=float(row["track_fps"]),
+        native_fps=float(row["native_fps"]),
+        frame_times_s=np.asarray(_items(row["frame_times_s"]), dtype=np.float32),
+        frames=tuple(bytes(b) for b in _items(row["frames"])),
         tracks=tracks,
         queries=queries,
     )
@@ -246,6 +269,8 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; a file is the user's umask's
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -254,6 +279,19 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it where ``/proc`` tells it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe; brief)
+    os.umask(mask)
+    return mask
 
 
 def write_shard(path: str | Path, rows: Sequence[dict], row_group_size: int = 4) -> Path:
@@ -301,8 +339,19 @@ def read_video_ids(root: str | Path) -> set[str]:
     if not Path(root).exists():
         return ids
     for path in list_shards(root):
-        ids.update(pq.read_table(path, columns=["video_id"]).column("video_id").to_pylist())
+        try:
+            table = pq.read_table(path, columns=["video_id"])
+        except (pa.ArrowException, OSError) as exc:
+            raise UnreadableShardError(
+                f"{path}: unreadable part file ({exc}). It was not written by a finished "
+                "run (those are atomic): delete it and rerun, its videos are processed again."
+            ) from exc
+        ids.update(table.column("video_id").to_pylist())
     return ids
+
+
+class UnreadableShardError(ValueError):
+    """A part file that Parquet cannot read (cut short, or not a shard)."""
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,42 @@ def _process(processor: VideoProcessor, record: VideoRecord) -> Result:
         return record.video_id, None, None, f"{type(exc).__name__}: {exc}"
 
 
-def _init_worker(config: PreprocessConfig, threads: int) -> None:
+def die_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """End this worker when the process that started it ends, even by SIGKILL.
+
+    On Linux the kernel sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``,
+    through :mod:`ctypes`); everywhere a daemon thread also polls the parent's PID
+    and exits when the worker has been handed to another parent. With the workers
+    gone, the pipe of multiprocessing's resource tracker closes and it exits too.
+    """
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # the watchdog below still applies
+
+    def watch() -> None:
+        import time
+
+        while True:
+            if os.getppid() != parent_pid:  # the parent is gone (the race with prctl, too)
+                os._exit(1)
+            time.sleep(poll_s)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _init_worker(config: PreprocessConfig, threads: int, parent_pid: int | None = None) -> None:
     global _worker
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(threads)
@@ -38,8 +72,11 @@ def _run_one(record: VideoRecord) -> Result:
     return _process(_worker, record)
 
 
-def run_serial(todo: Sequence[VideoRecord], config: PreprocessConfig) -> Iterator[Result]:
-    processor = VideoProcessor(config)  # released when the run ends
+def run_serial(
+    todo: Sequence[VideoRecord], config: PreprocessConfig, processor: VideoProcessor | None = None
+) -> Iterator[Result]:
+    """Results in order, in this process (``processor``: one already loaded for ``config``)."""
+    processor = processor or VideoProcessor(config)  # released when the run ends
     for record in todo:
         yield _process(processor, record)
 
@@ -66,7 +103,10 @@ def run_parallel(
     fruitless = 0  # consecutive pools that broke before returning anything
     while queue:
         pool = ProcessPoolExecutor(
-            workers, mp.get_context("spawn"), initializer=_init_worker, initargs=(config, threads)
+            workers,
+            mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(config, threads, os.getpid()),
         )
         running: dict = {}  # future -> record
         returned, broken = 0, False

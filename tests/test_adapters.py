@@ -418,3 +418,39 @@ def test_synthetic_dataset_reads_through_the_real_adapters(tmp_path):
         assert [q.gt and [g.object for g in q.gt] for q in m.queries] == [
             e["obj_id"] for e in t["expressions"].values()
         ]
+
+
+def test_refytvos_clip_starting_late_is_timed_from_its_first_frame(tmp_path):
+    names = ["00110", "00115", "00120"]
+    write_jpegs(tmp_path / "valid" / "JPEGImages" / "late", names)
+    write_json(tmp_path / "meta_expressions" / "valid" / "meta_expressions.json", {"videos": {
+        "late": {"frames": names, "expressions": {"0": {"exp": "a cat"}}}}})  # fmt: skip
+    (r,) = list(get_adapter("refytvos")(tmp_path, "valid"))
+    assert r.queries[0].span_s == pytest.approx((0.0, 10 / 30))  # not (110 / 30, 120 / 30)
+    from pipeline.decode import iter_frames
+
+    assert [round(f.time_s, 4) for f in iter_frames(r)] == [
+        0.0,
+        round(5 / 30, 4),
+        round(10 / 30, 4),
+    ]
+
+
+def test_checks_drop_nan_inverted_and_outside_boxes_and_clip_the_rest():
+    from pipeline.adapters.checks import check_query
+    from pipeline.records import GTObject, QueryRecord
+
+    boxes = [[1, 1, 5, 5], [np.nan] * 4, [6, 1, 2, 5], [-3, 2, 4, 20], [30, 30, 40, 40]]
+    gt = GTObject(0, [0.0, 0.1, 0.2, 0.3, 0.4], boxes, ("a", "b", "c", "d", "e"))
+    q = QueryRecord("0", "x", "referring", (0.0, 1.0), (gt,))
+    cleaned, counts, reason = check_query(q, (10, 10), fps=10.0)  # frame 10x10
+    assert counts == {"boxes": 5, "nan": 1, "inverted": 1, "outside": 1, "clipped": 1,
+                      "short_frames": 6}  # fmt: skip  (0.4 .. 0.9 s)
+    g = cleaned.gt[0]
+    assert g.xyxy.tolist() == [[1, 1, 5, 5], [0, 2, 4, 10]] and g.masks_rle == ("a", "d")
+    assert "1 nan" in reason and "6 frames before the span's end" in reason
+    none, _, why = check_query(
+        QueryRecord("1", "y", "referring", (0.0, 0.1), (GTObject(0, [0.0], [[np.nan] * 4]),)),
+        (10, 10), fps=10.0,
+    )  # fmt: skip
+    assert none is None and why.startswith("no valid box")

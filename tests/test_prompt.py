@@ -291,3 +291,12 @@ def test_megabyte_inputs_parse_in_linear_time(name, text):
     a = parse_answer(text)
     assert time.perf_counter() - t0 < 3.0, name
     assert isinstance(a, Answer) and not a.format_ok
+
+
+def test_an_unreadable_time_keeps_the_ids():
+    """A 400-digit integer overflows float(): no span, but the IDs stay (as with 1e400)."""
+    huge = "1" + "0" * 400
+    a = parse_answer(f'<think>x</think><answer>{{"ids": [1], "start": {huge}, "end": 2}}</answer>')
+    assert a.ids == (1,) and a.span_s is None and not a.format_ok
+    b = parse_answer('<think>x</think><answer>{"ids": [2, 4], "start": -1, "end": 2}</answer>')
+    assert b.ids == (2, 4) and b.span_s is None  # out of range: no span

@@ -131,3 +131,31 @@ def test_kill_during_write_leaves_no_partial_shard(tmp_path):
     proc.wait()
     assert not (tmp_path / "big.parquet").exists()
     assert read_video_ids(tmp_path) == set()
+
+
+def test_row_to_video_accepts_every_readers_row(tmp_path):
+    """pyarrow's dicts, pandas' object arrays, and the dict-of-lists form a 🤗 ``Sequence``
+    of structs gives: one ShardVideo."""
+    path = write_shard(tmp_path / "part-0.parquet", [_row("v0")], row_group_size=1)
+    want = row_to_video(_row("v0"))
+    as_pandas = pd.read_parquet(path).iloc[0]
+    columnar = dict(_row("v0"))
+    columnar["queries"] = {k: [q[k] for q in columnar["queries"]] for k in columnar["queries"][0]}
+    for row in (as_pandas, columnar):
+        got = row_to_video(row)
+        assert got.frames == want.frames and got.tracks[0].masks_rle == ("abc", None)
+        np.testing.assert_array_equal(got.tracks[0].xyxy, want.tracks[0].xyxy)
+        assert [q.query_id for q in got.queries] == ["q0", "q1"]
+        assert got.queries[0].target_ids == (1,) and got.queries[0].span_s == (0.0, 0.5)
+        np.testing.assert_array_equal(got.queries[0].gt[0].xyxy, want.queries[0].gt[0].xyxy)
+
+
+def test_atomic_files_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o002)
+    try:
+        path = write_shard(tmp_path / "p.parquet", [_row("v0")])
+        assert path.stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old)

@@ -213,12 +213,17 @@ def _as_id(x) -> int | None:
 
 
 def _as_time(x) -> float | None:
+    """A time in seconds, or None when it is not a number in ``[0, MAX_TIME_S]`` (a huge
+    integer that ``float`` cannot hold is out of range, not a reason to drop the IDs)."""
     if isinstance(x, bool):
         return None
     if isinstance(x, int | float) or (
         isinstance(x, str) and len(x) <= 64 and _NUM_FULL.fullmatch(x)
     ):
-        v = float(x)
+        try:
+            v = float(x)
+        except OverflowError:  # an int beyond ~1.8e308
+            return None
     else:
         return None
     return v if math.isfinite(v) and 0.0 <= v <= MAX_TIME_S else None

@@ -40,20 +40,35 @@ class AnnotationWarning(UserWarning):
 
 @dataclass(frozen=True)
 class AnnotationProblem:
-    """One skipped video (``query_id`` None) or query, and why."""
+    """One skipped video (``query_id`` None) or query, and why; or, with ``skipped``
+    False, a kept query whose ground truth was repaired (``counts``: what was dropped,
+    clipped or missing, see :mod:`pipeline.adapters.checks`)."""
 
-    path: Path
+    path: Path | str
     video_id: str
     reason: str
     query_id: str | None = None
+    skipped: bool = True
+    counts: dict | None = None
 
     def describe(self) -> str:
         """``<file>: video '<id>'[, query '<id>']: <reason>``."""
         query = f", query {self.query_id!r}" if self.query_id is not None else ""
         return f"{self.path}: video {self.video_id!r}{query}: {self.reason}"
 
+    def as_dict(self) -> dict:
+        """The manifest's entry (``annotation_problems``)."""
+        return {
+            "source": str(self.path),
+            "video_id": self.video_id,
+            "query_id": self.query_id,
+            "reason": self.reason,
+            "skipped": self.skipped,
+            "counts": dict(self.counts or {}),
+        }
+
     def __str__(self) -> str:
-        return f"{self.describe()} (skipped)"
+        return f"{self.describe()} ({'skipped' if self.skipped else 'kept'})"
 
 
 OnError = Callable[[AnnotationProblem], None]
