@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.overlay import STYLES as OVERLAY_STYLES
-from pipeline.track import KALMAN_STATES
+from pipeline.track import KALMAN_STATES, TRACKERS
 
 
 def _opt(default, help: str, **cli):
@@ -105,6 +105,23 @@ class PreprocessConfig:
         "clipped to the frame, until it is gone, at most this long (0: off)",
         type=float,
     )
+    # ---- identity across occlusion, labels, masks
+    tracker: str = _opt(
+        "bytetrack",
+        "online tracker: bytetrack (motion only) or botsort (Ultralytics BoT-SORT with the "
+        "detector's own features as ReID)",
+        choices=TRACKERS,
+    )
+    associate_gap_s: float = _opt(
+        5.0,
+        "after tracking, link tracklets of one object (same class, similar look, plausible "
+        "place) that are apart by up to this many seconds into one ID; never two tracklets "
+        "seen at the same time (0: off)",
+        type=float,
+    )
+    associate_min_sim: float = _opt(
+        0.6, "least appearance similarity (cosine) of two tracklets linked into one ID", type=float
+    )
 
     def __post_init__(self):
         problems = []
@@ -146,6 +163,14 @@ class PreprocessConfig:
                 f"min_match_iou ({self.min_match_iou}) and match_thresh ({self.match_thresh}) "
                 "must be in [0, 1]"
             )
+        # ---- identity across occlusion, labels, masks
+        if self.tracker not in TRACKERS:
+            problems.append(f"tracker must be one of {TRACKERS}, got {self.tracker!r}")
+        if not self.associate_gap_s >= 0 or not -1.0 <= self.associate_min_sim <= 1.0:
+            problems.append(
+                f"associate_gap_s must be >= 0 and associate_min_sim in [-1, 1], got "
+                f"{self.associate_gap_s} and {self.associate_min_sim}"
+            )
         if problems:
             raise ValueError("PreprocessConfig: " + "; ".join(problems))
 
@@ -167,11 +192,14 @@ class PreprocessConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-OUTPUT_VERSION = 2
+OUTPUT_VERSION = 3
 """Bumped whenever a code change alters the rows written for the same settings, so that
 a resumed run never mixes rows of two pipeline versions (2: agnostic NMS, tracks continued
 to the frame border, duplicate tracks dropped, XYWH Kalman state, numbers kept inside
-the frame)."""
+the frame).
+3: tracklets of one object linked across occlusions and exits (offline association),
+duplicates resolved across classes and cut for the overlapping period, border extension
+stopped at the sliver size, numbers only where the object was seen, legible labels."""
 
 
 def _file_digest(path: Path) -> str:

@@ -45,13 +45,32 @@ def _encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def tracker_config(config: PreprocessConfig):
+    """The :class:`pipeline.track.TrackerConfig` that ``config``'s flags describe."""
+    from pipeline.track import TrackerConfig
+
+    # short tracks are dropped before renumbering, so IDs stay consecutive 1..K
+    return TrackerConfig(
+        track_low_thresh=min(config.conf, 0.25),
+        match_thresh=config.match_thresh,
+        track_buffer=config.track_buffer,
+        fuse_score=config.fuse_score,
+        min_frames=config.min_track_frames,
+        edge_extend_s=config.edge_extend_s,
+        duplicate_iou=config.duplicate_iou,
+        kalman=config.kalman,
+        tracker=config.tracker,
+        associate_gap_s=config.associate_gap_s,
+        associate_min_sim=config.associate_min_sim,
+    )
+
+
 class VideoProcessor:
     """Turns one :class:`VideoRecord` into one shard row. Holds the detector and overlay."""
 
     def __init__(self, config: PreprocessConfig):
         from pipeline.detect import Detector
         from pipeline.overlay import IdOverlay
-        from pipeline.track import TrackerConfig
 
         self.config = config
         self.detector = Detector(
@@ -64,17 +83,7 @@ class VideoProcessor:
             batch_size=config.batch_size,
         )
         self.overlay = IdOverlay(style=config.overlay_style)
-        # short tracks are dropped before renumbering, so IDs stay consecutive 1..K
-        self.tracker_config = TrackerConfig(
-            track_low_thresh=min(config.conf, 0.25),
-            match_thresh=config.match_thresh,
-            track_buffer=config.track_buffer,
-            fuse_score=config.fuse_score,
-            min_frames=config.min_track_frames,
-            edge_extend_s=config.edge_extend_s,
-            duplicate_iou=config.duplicate_iou,
-            kalman=config.kalman,
-        )
+        self.tracker_config = tracker_config(config)
 
     def __call__(self, record: VideoRecord) -> tuple[dict, dict]:
         from pipeline.decode import iter_frames, probe
