@@ -43,7 +43,7 @@ class AssociationConfig:
             0.2 * gap / ``max_gap_s``; links costing more are never made.
     """
 
-    max_gap_s: float = 5.0
+    max_gap_s: float = 8.0
     min_similarity: float = 0.6
     max_distance: float = 1.5
     max_cost: float = 0.8

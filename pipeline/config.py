@@ -113,7 +113,7 @@ class PreprocessConfig:
         choices=TRACKERS,
     )
     associate_gap_s: float = _opt(
-        5.0,
+        8.0,
         "after tracking, link tracklets of one object (same class, similar look, plausible "
         "place) that are apart by up to this many seconds into one ID; never two tracklets "
         "seen at the same time (0: off)",

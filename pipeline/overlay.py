@@ -294,7 +294,23 @@ def overlay_video_frame(
     overlay: IdOverlay,
     max_unseen_s: float | None = None,
 ) -> np.ndarray:
-    """Draw every track present at ``time_s`` on a copy of ``image`` (stored frame size).
+    """Draw every track present at ``time_s`` on a copy of ``image`` (stored frame size),
+    as :func:`tracks_at` selects them."""
+    h, w = image.shape[:2]
+    ids, boxes, masks = tracks_at(tracks, time_s, max_gap_s, (h, w), max_unseen_s)
+    if not len(ids):
+        return image.copy()
+    return overlay.annotate(image, ids, boxes, masks)
+
+
+def tracks_at(
+    tracks: Sequence[Track],
+    time_s: float,
+    max_gap_s: float,
+    frame_hw: tuple[int, int],
+    max_unseen_s: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """IDs (N,), boxes (N, 4) and masks ((N, H, W) or None) of the tracks drawn at ``time_s``.
 
     Boxes are interpolated (:meth:`Track.boxes_at`); a track's mask comes from its
     observed frame nearest to ``time_s`` (within ``max_gap_s``), when it has one. With
@@ -303,7 +319,7 @@ def overlay_video_frame(
     object hidden behind another, a missed detection) no number is drawn where nothing
     may be visible.
     """
-    h, w = image.shape[:2]
+    h, w = frame_hw
     ids, boxes, masks = [], [], []
     any_mask = False
     at = np.array([time_s])
@@ -322,8 +338,8 @@ def overlay_video_frame(
         ids.append(tr.id)
         boxes.append(box)
         masks.append(mask)
-    if not ids:
-        return image.copy()
-    return overlay.annotate(
-        image, np.array(ids), np.stack(boxes), np.stack(masks) if any_mask else None
+    return (
+        np.array(ids, dtype=np.int64),
+        np.stack(boxes) if boxes else np.zeros((0, 4), np.float32),
+        np.stack(masks) if any_mask else None,
     )

@@ -125,7 +125,7 @@ class VideoProcessor:
         for frame in iter_frames(record, fps=cfg.out_fps, max_side=cfg.max_side):
             drawn = overlay_video_frame(
                 frame.image, tracks, frame.time_s, cfg.max_gap_s, self.overlay,
-                max_unseen_s=1.01 / track_rate,  # seen on this or a neighbouring tracked frame
+                max_unseen_s=0.51 / track_rate,  # seen on the nearest tracked frame
             )  # fmt: skip
             frames.append(_encode_jpeg(drawn, cfg.jpeg_quality))
             times.append(frame.time_s)

@@ -108,7 +108,7 @@ class TrackerConfig:
     duplicate_share: float = 0.6
     edge_extend_s: float = 1.0
     tracker: str = "bytetrack"
-    associate_gap_s: float = 5.0
+    associate_gap_s: float = 8.0
     associate_min_sim: float = 0.6
 
     @property
