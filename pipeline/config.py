@@ -122,6 +122,11 @@ class PreprocessConfig:
     associate_min_sim: float = _opt(
         0.6, "least appearance similarity (cosine) of two tracklets linked into one ID", type=float
     )
+    fps: float | None = _opt(
+        None,
+        "frame rate of JPEG-frame folders (folder dataset; default: the dataset's, 30 for folder)",
+        type=float,
+    )
 
     def __post_init__(self):
         problems = []
@@ -166,6 +171,8 @@ class PreprocessConfig:
         # ---- identity across occlusion, labels, masks
         if self.tracker not in TRACKERS:
             problems.append(f"tracker must be one of {TRACKERS}, got {self.tracker!r}")
+        if self.fps is not None and not self.fps > 0:
+            problems.append(f"fps must be > 0 or None, got {self.fps}")
         if not self.associate_gap_s >= 0 or not -1.0 <= self.associate_min_sim <= 1.0:
             problems.append(
                 f"associate_gap_s must be >= 0 and associate_min_sim in [-1, 1], got "

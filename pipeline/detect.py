@@ -19,6 +19,8 @@ import supervision as sv
 from pipeline.runtime import ASSETS_DIR, MODELS_DIR, configure_offline, resolve
 
 DEFAULT_WEIGHTS_NAME = "synthetic-yolo11n.pt"
+SYNTHETIC_ALIAS = "synthetic"
+"""``--weights synthetic``: the committed checkpoint, asked for by name."""
 
 
 def default_weights() -> Path:
@@ -29,12 +31,12 @@ def default_weights() -> Path:
 def resolve_weights(weights: str | Path | None) -> Path:
     """A weights file that exists locally, or a clear error saying where to put it.
 
-    ``None`` -> :func:`default_weights`. A path (absolute, or relative to the working
+    ``None`` or ``"synthetic"`` -> :func:`default_weights`. A path (absolute, or relative to the working
     directory or the repository) is used as is; a bare name such as ``yolo11x.pt`` is
     also looked up in ``data/models/ultralytics/`` and ``data/models/``. Ultralytics
     would try to download a missing bare name; this project never does.
     """
-    if weights is None:
+    if weights is None or str(weights) == SYNTHETIC_ALIAS:
         path = default_weights()
         if not path.exists():
             raise FileNotFoundError(

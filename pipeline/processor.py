@@ -92,6 +92,10 @@ class VideoProcessor:
         from pipeline.track import track_frames
 
         cfg = self.config
+        if record.dataset == "folder":
+            from pipeline.adapters.folder import check_weights
+
+            check_weights(cfg.weights)
         info = probe(record)
         track_rate = cfg.track_fps or info.fps
         n_tracked = 0

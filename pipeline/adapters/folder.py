@@ -27,6 +27,26 @@ DEFAULT_JPEG_FPS = 30.0
 HINT = "Point it at a video file or a directory of videos (mp4/avi/mkv/mov/webm) or JPEG folders."
 
 
+class SyntheticDetectorError(ValueError):
+    """The synthetic-shapes detector was about to run on arbitrary videos."""
+
+
+def check_weights(weights: str | None) -> None:
+    """Refuse the default (synthetic-shapes) detector for arbitrary videos.
+
+    Raises :class:`SyntheticDetectorError` when ``weights`` is None; ``"synthetic"`` asks
+    for that detector on purpose, any other name or path is a real checkpoint.
+    """
+    if weights is None:
+        raise SyntheticDetectorError(
+            "the folder dataset holds arbitrary videos, but no --weights was given: the "
+            "default detector is trained on synthetic shapes only and would call every object "
+            "a circle, square, triangle or star. Pass a real checkpoint, e.g. --weights "
+            "yolo11x.pt (put the file in data/models/ultralytics/ or data/models/; nothing is "
+            "downloaded), or --weights synthetic to run the synthetic detector anyway."
+        )
+
+
 def _sources(root: Path) -> list[Path]:
     if root.is_file():
         if root.suffix.lower() not in VIDEO_EXTS:
