@@ -9,7 +9,8 @@ settings); the same detections then go to
   outputs them, no cleaning);
 - ``pipeline``: the preprocessing tracker (``PreprocessConfig`` defaults: ByteTrack plus
   the cleaning, border extension, duplicate resolution and offline association);
-- ``pipeline-no-assoc``: the same with the offline association off.
+- ``pipeline-no-assoc``: the same with the offline association off;
+- ``pipeline-botsort``: the pipeline with BoT-SORT (detector features as ReID) online.
 Metrics come from ``motmetrics`` (IDF1, ID switches, fragmentations, MOTA; IoU >= 0.5),
 accumulated over all videos, per kind and in total; ratios of the pipeline to ByteTrack
 alone are printed. No assertion on the numbers.
@@ -123,7 +124,12 @@ def main(argv=None) -> int:
         write_hard_split(args.data, args.seed, args.per_kind)
     summary = json.loads((args.data / "summary.json").read_text())
     detector = Detector(conf=0.1, iou=0.5)  # PreprocessConfig's detector settings
-    accs: dict[str, list] = {"bytetrack": [], "pipeline": [], "pipeline-no-assoc": []}
+    accs: dict[str, list] = {
+        "bytetrack": [],
+        "pipeline": [],
+        "pipeline-no-assoc": [],
+        "pipeline-botsort": [],
+    }
     names = []
     for v in summary["videos"]:
         path = args.data / f"{v['video']}.mp4"
@@ -135,6 +141,7 @@ def main(argv=None) -> int:
             "bytetrack": bytetrack_alone(frames, fps),
             "pipeline": pipeline_tracks(frames, fps, (w, h)),
             "pipeline-no-assoc": pipeline_tracks(frames, fps, (w, h), associate_gap_s=0),
+            "pipeline-botsort": pipeline_tracks(frames, fps, (w, h), tracker="botsort"),
         }
         for name, hyp in hyps.items():
             accs[name].append(accumulate(gt, hyp, len(frames)))

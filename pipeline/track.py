@@ -273,7 +273,7 @@ class Tracker:
         xywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
         # (M, 8) rows: x1 y1 x2 y2 track_id score cls detection_idx
         feats = detections.data.get("feature")
-        if self.config.tracker == "botsort" and (feats is None or feats.shape[1:] == (0,)):
+        if self.config.tracker == "botsort" and n and (feats is None or not feats.shape[1]):
             raise ValueError("tracker='botsort' needs detections with data['feature']")
         rows = self._bytetrack.update(_ByteTrackInput(conf, cls, xywh), feats=feats)
         rows = np.asarray(rows, dtype=np.float64).reshape(-1, 8)

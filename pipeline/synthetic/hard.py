@@ -6,7 +6,8 @@ Scripted scenes, each built around one way IDs get lost (``KINDS``):
   them, not an object) and stay fully hidden for 1-4 s;
 - ``reenter``: objects leave through the frame border and come back 1-3 s later;
 - ``crossing``: two objects of the same shape and size cross each other's path;
-- ``crowd``: 15-18 objects drifting in one frame.
+- ``crowd``: 15-18 objects drifting about their places, neighbours passing in front of
+  and behind one another.
 
 Each video is written as an mp4 with its ground truth in the MOTChallenge ``gt.txt``
 layout (``frame, id, x, y, w, h, 1, -1, -1, -1``, frames from 1, one row per object per
@@ -150,9 +151,9 @@ def _crowd(rng, cfg: SceneConfig) -> list[SceneObject]:
     for k, c in enumerate(cells):
         cx = (c % cols + 0.5) * w / cols
         cy = (c // cols + 0.5) * h / rows
-        amp = rng.uniform(6, 14, size=2)
+        amp = rng.uniform(12, 30, size=2)  # about half a cell: neighbours pass over each other
         phase = rng.uniform(0, 2 * np.pi, size=2)
-        freq = rng.uniform(0.1, 0.25, size=2)
+        freq = rng.uniform(0.05, 0.15, size=2)
         centers = np.stack(
             [
                 cx + amp[0] * np.sin(2 * np.pi * freq[0] * t + phase[0]),
