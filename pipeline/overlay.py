@@ -198,7 +198,8 @@ class IdOverlay:
             has = masks is not None and masks[i].any()
             anchors.append(label_center(boxes[i], masks[i] if has else None))
             scale = base if self.style == "stvg-r1" else self._fit_scale(base, boxes[i])
-            thickness = max(1, round(2 * scale))
+            # an outlined 1 px anti-aliased stroke is all blend: it never shows its colour
+            thickness = max(1 if self.style == "stvg-r1" else 2, round(2 * scale))
             (tw, th), base_line = cv2.getTextSize(str(ids[i]), _FONT, scale, thickness)
             pad = 0 if self.style == "stvg-r1" else thickness + 1  # the outline
             sizes.append((tw + 2 * pad, th + base_line + 2 * pad))
