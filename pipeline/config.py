@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.masks import MASK_SOURCES
 from pipeline.overlay import STYLES as OVERLAY_STYLES
 from pipeline.track import KALMAN_STATES, TRACKERS
 
@@ -122,6 +123,15 @@ class PreprocessConfig:
     associate_min_sim: float = _opt(
         0.6, "least appearance similarity (cosine) of two tracklets linked into one ID", type=float
     )
+    masks: str = _opt(
+        "detector",
+        "where masks come from: detector (segmentation weights give them, detection weights "
+        "none) or sam2 (every detected box prompts the SAM 2 model of --sam-weights)",
+        choices=MASK_SOURCES,
+    )
+    sam_weights: str | None = _opt(
+        None, "SAM 2 weights for --masks sam2, e.g. data/models/sam2.1_b.pt (never downloaded)"
+    )
     fps: float | None = _opt(
         None,
         "frame rate of JPEG-frame folders (folder dataset; default: the dataset's, 30 for folder)",
@@ -171,6 +181,11 @@ class PreprocessConfig:
         # ---- identity across occlusion, labels, masks
         if self.tracker not in TRACKERS:
             problems.append(f"tracker must be one of {TRACKERS}, got {self.tracker!r}")
+        if self.masks not in MASK_SOURCES or (self.masks == "sam2") != bool(self.sam_weights):
+            problems.append(
+                f"masks must be one of {MASK_SOURCES}, and --sam-weights is needed with (and "
+                f"only with) --masks sam2; got masks={self.masks!r}, sam_weights={self.sam_weights!r}"
+            )
         if self.fps is not None and not self.fps > 0:
             problems.append(f"fps must be > 0 or None, got {self.fps}")
         if not self.associate_gap_s >= 0 or not -1.0 <= self.associate_min_sim <= 1.0:

@@ -79,6 +79,9 @@ class Detector:
         imgsz: inference size (None = the size the weights were trained at).
         device: torch device string (None = Ultralytics' choice: CUDA if available).
         batch_size: frames per model call.
+        segmenter: a callable (RGB frame, (N, 4) boxes) -> (N, H, W) bool masks, such
+            as :class:`pipeline.masks.BoxPromptSegmenter`, that gives a detection-only
+            checkpoint's boxes masks (ignored for segmentation weights).
         features: attach appearance embeddings: the inputs of the detection head at each
             kept box's anchor, averaged to one vector (Ultralytics' ``get_obj_feats``, the
             features its BoT-SORT ``model: auto`` ReID uses), so any YOLO checkpoint gives
@@ -96,6 +99,7 @@ class Detector:
         imgsz: int | None = None,
         device: str | None = None,
         batch_size: int = 16,
+        segmenter=None,
         features: bool = True,
     ):
         if batch_size < 1:
@@ -115,6 +119,7 @@ class Detector:
         self.batch_size = int(batch_size)
         self.class_ids = self._class_ids(classes)
         self.features = bool(features) and self._hook_head_inputs()
+        self.segmenter = None if self.has_masks else segmenter
 
     @property
     def names(self) -> dict[int, str]:
@@ -192,7 +197,11 @@ class Detector:
                 np.ascontiguousarray(im[:, :, ::-1])
                 for im in images[start : start + self.batch_size]
             ]
-            out.extend(self._to_detections(r) for r in self._predict(batch))
+            dets = [self._to_detections(r) for r in self._predict(batch)]
+            if self.segmenter is not None:
+                for im, det in zip(images[start : start + self.batch_size], dets):
+                    det.mask = self.segmenter(im, det.xyxy)
+            out.extend(dets)
         return out
 
     def _to_detections(self, result) -> sv.Detections:

@@ -45,6 +45,15 @@ def _encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def _segmenter(config: PreprocessConfig):
+    """The SAM 2 box-prompt segmenter for ``--masks sam2`` (None otherwise)."""
+    if config.masks != "sam2":
+        return None
+    from pipeline.masks import BoxPromptSegmenter
+
+    return BoxPromptSegmenter(config.sam_weights)
+
+
 def tracker_config(config: PreprocessConfig):
     """The :class:`pipeline.track.TrackerConfig` that ``config``'s flags describe."""
     from pipeline.track import TrackerConfig
@@ -81,6 +90,7 @@ class VideoProcessor:
             classes=list(config.classes) if config.classes else None,
             imgsz=config.imgsz,
             batch_size=config.batch_size,
+            segmenter=_segmenter(config),
         )
         self.overlay = IdOverlay(style=config.overlay_style)
         self.tracker_config = tracker_config(config)
