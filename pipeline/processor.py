@@ -106,6 +106,8 @@ class VideoProcessor:
             from pipeline.adapters.folder import check_weights
 
             check_weights(cfg.weights)
+            if cfg.fps is not None and record.frame_files is not None:  # --fps: JPEG folders
+                record = dataclasses.replace(record, fps=cfg.fps)
         info = probe(record)
         track_rate = cfg.track_fps or info.fps
         n_tracked = 0

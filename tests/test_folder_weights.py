@@ -40,9 +40,14 @@ def test_processor_refuses_the_synthetic_detector_on_a_folder_video(tmp_path):
     for i in range(3):
         cv2.imwrite(str(frames / f"{i:05d}.jpg"), np.full((48, 64, 3), 90, np.uint8))
     (record,) = iter_videos(tmp_path, fps=12.5)
-    assert record.fps == 12.5  # --fps for JPEG folders
+    assert record.fps == 12.5  # the adapter's rate
     with pytest.raises(SyntheticDetectorError):
         VideoProcessor(PreprocessConfig())(record)
+    # asked for by name, it runs; --fps sets the JPEG folder's rate (default 30)
+    row, stats = VideoProcessor(PreprocessConfig(weights="synthetic", fps=5.0))(
+        next(iter_videos(tmp_path))
+    )
+    assert row["native_fps"] == 5.0 and stats["frames_tracked"] == 3
 
 
 def test_fps_setting_is_checked():
