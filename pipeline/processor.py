@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -105,7 +106,7 @@ class VideoProcessor:
         if record.dataset == "folder":
             from pipeline.adapters.folder import check_weights
 
-            check_weights(cfg.weights)
+            check_weights(cfg.weights, Path(record.source).stem)
             if cfg.fps is not None and record.frame_files is not None:  # --fps: JPEG folders
                 record = dataclasses.replace(record, fps=cfg.fps)
         info = probe(record)

@@ -18,6 +18,9 @@ def test_default_detector_is_refused_for_arbitrary_videos_unless_named():
     assert "data/models" in str(err.value) and "yolo11x.pt" in str(err.value)
     check_weights("synthetic")  # asked for by name
     check_weights("yolo11x.pt")
+    check_weights(None, "syn_valid_0003")  # a video of the synthetic set itself
+    with pytest.raises(SyntheticDetectorError):
+        check_weights(None, "syn_valid_0003_my_holiday")
     assert resolve_weights("synthetic") == resolve_weights(None) == default_weights()
 
 

@@ -9,6 +9,7 @@ may also be one video file or one frame folder. ``video_id`` is the path relativ
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,12 +32,19 @@ class SyntheticDetectorError(ValueError):
     """The synthetic-shapes detector was about to run on arbitrary videos."""
 
 
-def check_weights(weights: str | None) -> None:
+SYNTHETIC_VIDEO_NAME = re.compile(r"syn_(train|valid)_\d{4}")
+"""How :mod:`pipeline.synthetic.writer` names the synthetic set's videos."""
+
+
+def check_weights(weights: str | None, video_name: str | None = None) -> None:
     """Refuse the default (synthetic-shapes) detector for arbitrary videos.
 
-    Raises :class:`SyntheticDetectorError` when ``weights`` is None; ``"synthetic"`` asks
-    for that detector on purpose, any other name or path is a real checkpoint.
+    Raises :class:`SyntheticDetectorError` when ``weights`` is None and ``video_name`` (a
+    file stem or folder name) is not a synthetic-set video; ``"synthetic"`` asks for that
+    detector on purpose, any other name or path is a real checkpoint.
     """
+    if video_name is not None and SYNTHETIC_VIDEO_NAME.fullmatch(video_name):
+        return
     if weights is None:
         raise SyntheticDetectorError(
             "the folder dataset holds arbitrary videos, but no --weights was given: the "
