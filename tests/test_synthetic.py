@@ -560,10 +560,11 @@ def test_hard_split_scenes_hide_exit_cross_and_crowd():
     dx = cross.objects[0].centers_xy[:, 0] - cross.objects[1].centers_xy[:, 0]
     assert dx[0] * dx[-1] < 0  # their order swaps: they cross
     assert len(make_hard_scene("crowd", 0).objects) >= 15
-    rows = mot_rows(occ)
-    frame, oid, *box = rows[0].split(",")[:6]
-    assert frame == "1" and oid == "1" and len(rows) == int(sum(
-        (~np.isnan(occ.boxes_xyxy[..., 0])).sum() for _ in [0]))  # fmt: skip
+    rows = mot_rows(occ)  # MOTChallenge gt.txt: one row per visible object per frame
+    assert len(rows) == int((~np.isnan(occ.boxes_xyxy[..., 0])).sum())
+    frame, oid, x, y, w, h = (float(v) for v in rows[0].split(",")[:6])
+    x1, y1, x2, y2 = occ.boxes_xyxy[0, 0]
+    assert (frame, oid, x, y, w, h) == (1, 1, x1, y1, x2 - x1, y2 - y1)
     assert (
         make_hard_scene("crowd", 3).frame(7).tobytes()
         == make_hard_scene("crowd", 3).frame(7).tobytes()
