@@ -96,8 +96,9 @@ class PreprocessConfig:
     )
     duplicate_iou: float = _opt(
         0.5,
-        "drop a track lying on a longer same-class track at IoU >= this on 60%% of its "
-        "frames (a second ID on one object; 0: keep all)",
+        "one ID per object at a time: a track moving with a longer one (any class, alike "
+        "in look) at IoU >= this is cut for those frames, dropped if that is 60%% of its "
+        "frames (0: keep all)",
         type=float,
     )
     edge_extend_s: float = _opt(
