@@ -72,7 +72,12 @@ class PreprocessConfig:
     max_gap_s: float = _opt(
         0.5, "interpolate a track's box across gaps up to this long", type=float
     )
-    overlay_style: str = _opt("number", "how IDs are drawn", choices=OVERLAY_STYLES)
+    overlay_style: str = _opt(
+        "number",
+        "how IDs are drawn: legible numbers (outlined, contrasting, never overlapping) alone or "
+        "with boxes or mask contours, or stvg-r1 (STVG-R1's red number at the mask centre)",
+        choices=OVERLAY_STYLES,
+    )
     jpeg_quality: int = _opt(90, "JPEG quality of the stored frames", type=int)
     min_match_iou: float = _opt(
         0.3, "GT frames whose best track IoU is below this do not vote", type=float
