@@ -174,3 +174,14 @@ def test_object_that_leaves_is_not_labelled_after_it_has_gone(detector):
         for f in gone:  # as the processor draws: only tracks seen on the nearest tracked frame
             ids, _, _ = tracks_at(tracks, f / fps, 0.5, hw, max_unseen_s=0.51 / fps)
             assert tid not in ids.tolist(), f"ID {tid} drawn at frame {f} after it left"
+
+
+def test_botsort_with_detector_features_is_selectable():
+    frames = hidden_for(0.5)  # a short gap BoT-SORT bridges online
+    tracks = collect_tracks(frames, TrackerConfig(tracker="botsort"), FPS, frame_wh=WH)
+    assert len(tracks) == 2 and sorted(len(t.times_s) for t in tracks) == [75, 80]
+    no_feats = [(t, sv.Detections(xyxy=d.xyxy, confidence=d.confidence)) for t, d in frames]
+    with pytest.raises(ValueError, match="needs detections with data"):
+        collect_tracks(no_feats, TrackerConfig(tracker="botsort"), FPS)
+    with pytest.raises(ValueError, match="tracker must be one of"):
+        TrackerConfig(tracker="sort")
