@@ -58,8 +58,9 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-synthetic: $(STAMP)  ## generate the synthetic dataset in the MeViS, HC-STVG and YOLO formats
+synthetic: $(STAMP)  ## generate the synthetic dataset (MeViS, HC-STVG, YOLO formats) and the harder ID-stability split
 	$(PY) -m pipeline.synthetic --out data/raw/synthetic $(ARGS)
+	$(PY) -m pipeline.synthetic.hard --out data/raw/synthetic-hard
 
 DET_RUNS := data/runs/detector
 detector: $(STAMP)  ## retrain the committed synthetic detector: 3 stages, about 1 h on 2 CPU cores
@@ -97,6 +98,7 @@ notebooks: $(STAMP)  ## open Jupyter on notebooks/ (installs the `notebooks` ext
 
 bench: $(STAMP)  ## benchmarks: ratios against a baseline measured in the same run
 	$(PY) bench/preprocess.py
+	$(PY) bench/tracking.py
 	$(PY) bench/trainer.py
 
 demo: $(STAMP)  ## end to end on the synthetic default: data, preprocess, train, eval, videos
@@ -106,4 +108,4 @@ figures: $(STAMP)  ## regenerate the README images from the synthetic shards
 	$(PY) -m pipeline.views.figures --out docs/img
 
 clean:  ## remove generated data and runs (keeps .venv)
-	rm -rf data/raw/synthetic data/shards data/runs data/models/tiny-qwen2.5-vl outputs
+	rm -rf data/raw/synthetic data/raw/synthetic-hard data/shards data/runs data/models/tiny-qwen2.5-vl outputs

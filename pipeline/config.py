@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.masks import MASK_SOURCES
 from pipeline.overlay import STYLES as OVERLAY_STYLES
-from pipeline.track import KALMAN_STATES
+from pipeline.track import KALMAN_STATES, TRACKERS
 
 
 def _opt(default, help: str, **cli):
@@ -73,7 +74,12 @@ class PreprocessConfig:
     max_gap_s: float = _opt(
         0.5, "interpolate a track's box across gaps up to this long", type=float
     )
-    overlay_style: str = _opt("number", "how IDs are drawn", choices=OVERLAY_STYLES)
+    overlay_style: str = _opt(
+        "number",
+        "how IDs are drawn: legible numbers (outlined, contrasting, never overlapping) alone or "
+        "with boxes or mask contours, or stvg-r1 (STVG-R1's red number at the mask centre)",
+        choices=OVERLAY_STYLES,
+    )
     jpeg_quality: int = _opt(90, "JPEG quality of the stored frames", type=int)
     min_match_iou: float = _opt(
         0.3, "GT frames whose best track IoU is below this do not vote", type=float
@@ -97,14 +103,46 @@ class PreprocessConfig:
     )
     duplicate_iou: float = _opt(
         0.5,
-        "drop a track lying on a longer same-class track at IoU >= this on 60%% of its "
-        "frames (a second ID on one object; 0: keep all)",
+        "one ID per object at a time: a track moving with a longer one (any class, alike "
+        "in look) at IoU >= this is cut for those frames, dropped if that is 60%% of its "
+        "frames (0: keep all)",
         type=float,
     )
     edge_extend_s: float = _opt(
         1.0,
         "continue a track that leaves (enters) through the frame border at its velocity, "
         "clipped to the frame, until it is gone, at most this long (0: off)",
+        type=float,
+    )
+    # ---- identity across occlusion, labels, masks
+    tracker: str = _opt(
+        "bytetrack",
+        "online tracker: bytetrack (motion only) or botsort (Ultralytics BoT-SORT with the "
+        "detector's own features as ReID)",
+        choices=TRACKERS,
+    )
+    associate_gap_s: float = _opt(
+        8.0,
+        "after tracking, link tracklets of one object (same class, similar look, plausible "
+        "place) that are apart by up to this many seconds into one ID; never two tracklets "
+        "seen at the same time (0: off)",
+        type=float,
+    )
+    associate_min_sim: float = _opt(
+        0.6, "least appearance similarity (cosine) of two tracklets linked into one ID", type=float
+    )
+    masks: str = _opt(
+        "detector",
+        "where masks come from: detector (segmentation weights give them, detection weights "
+        "none) or sam2 (every detected box prompts the SAM 2 model of --sam-weights)",
+        choices=MASK_SOURCES,
+    )
+    sam_weights: str | None = _opt(
+        None, "SAM 2 weights for --masks sam2, e.g. data/models/sam2.1_b.pt (never downloaded)"
+    )
+    fps: float | None = _opt(
+        None,
+        "frame rate of JPEG-frame folders (folder dataset; default: the dataset's, 30 for folder)",
         type=float,
     )
 
@@ -148,6 +186,21 @@ class PreprocessConfig:
                 f"min_match_iou ({self.min_match_iou}) and match_thresh ({self.match_thresh}) "
                 "must be in [0, 1]"
             )
+        # ---- identity across occlusion, labels, masks
+        if self.tracker not in TRACKERS:
+            problems.append(f"tracker must be one of {TRACKERS}, got {self.tracker!r}")
+        if self.masks not in MASK_SOURCES or (self.masks == "sam2") != bool(self.sam_weights):
+            problems.append(
+                f"masks must be one of {MASK_SOURCES}, and --sam-weights is needed with (and "
+                f"only with) --masks sam2; got masks={self.masks!r}, sam_weights={self.sam_weights!r}"
+            )
+        if self.fps is not None and not self.fps > 0:
+            problems.append(f"fps must be > 0 or None, got {self.fps}")
+        if not self.associate_gap_s >= 0 or not -1.0 <= self.associate_min_sim <= 1.0:
+            problems.append(
+                f"associate_gap_s must be >= 0 and associate_min_sim in [-1, 1], got "
+                f"{self.associate_gap_s} and {self.associate_min_sim}"
+            )
         if problems:
             raise ValueError("PreprocessConfig: " + "; ".join(problems))
 
@@ -160,11 +213,16 @@ class PreprocessConfig:
         settings = json.loads(json.dumps(dataclasses.asdict(self), default=str))
         for name in NOT_IN_IDENTITY:
             settings.pop(name, None)
-        return {
+        identity = {
             **settings,
             "output_version": OUTPUT_VERSION,
             "weights_sha256": _file_digest(resolve_weights(self.weights)),
         }
+        if self.masks == "sam2":  # the masks come from this file: other bytes, other rows
+            from pipeline.masks import resolve_sam_weights
+
+            identity["sam_weights_sha256"] = _file_digest(resolve_sam_weights(self.sam_weights))
+        return identity
 
     def hash(self) -> str:
         """Hash of :meth:`identity`: a shard folder only ever holds rows of one identity."""
@@ -179,11 +237,16 @@ made with batches of 1 and 16 agree to 1e-3 px (tests/test_faults.py), so a resu
 with another batch size is accepted. (Workers and the progress bar are run options,
 not settings.)"""
 
-OUTPUT_VERSION = 2
+OUTPUT_VERSION = 3
 """Bumped whenever a code change alters the rows written for the same settings, so that
 a resumed run never mixes rows of two pipeline versions (2: agnostic NMS, tracks continued
 to the frame border, duplicate tracks dropped, XYWH Kalman state, numbers kept inside
-the frame)."""
+the frame).
+3: tracklets of one object linked across occlusions and exits (offline association),
+duplicates resolved across classes and cut for the overlapping period, border extension
+stopped at the sliver size, numbers only where the object was seen, legible labels;
+JPEG-folder clips timed from their first stored frame; ground-truth boxes checked and
+clipped to the frame."""
 
 
 def _file_digest(path: Path) -> str:

@@ -1,7 +1,9 @@
 """Object detection with Ultralytics YOLO, batched, returning ``supervision.Detections``.
 
 The detector is the first stage of the ID pipeline: every frame's objects become
-boxes (and masks for ``*-seg`` weights) that the tracker links over time. Without
+boxes (and masks for ``*-seg`` weights) that the tracker links over time, each with an
+appearance embedding read from the detector's own feature maps (as Ultralytics BoT-SORT's
+``model: auto`` ReID does) for re-identification across occlusions. Without
 named weights the project's own small checkpoint trained on the synthetic set is
 used (``pipeline/assets/synthetic-yolo11n.pt``), so nothing is ever downloaded.
 """
@@ -17,6 +19,8 @@ import supervision as sv
 from pipeline.runtime import ASSETS_DIR, MODELS_DIR, configure_offline, resolve
 
 DEFAULT_WEIGHTS_NAME = "synthetic-yolo11n.pt"
+SYNTHETIC_ALIAS = "synthetic"
+"""``--weights synthetic``: the committed checkpoint, asked for by name."""
 
 
 def default_weights() -> Path:
@@ -27,12 +31,12 @@ def default_weights() -> Path:
 def resolve_weights(weights: str | Path | None) -> Path:
     """A weights file that exists locally, or a clear error saying where to put it.
 
-    ``None`` -> :func:`default_weights`. A path (absolute, or relative to the working
+    ``None`` or ``"synthetic"`` -> :func:`default_weights`. A path (absolute, or relative to the working
     directory or the repository) is used as is; a bare name such as ``yolo11x.pt`` is
     also looked up in ``data/models/ultralytics/`` and ``data/models/``. Ultralytics
     would try to download a missing bare name; this project never does.
     """
-    if weights is None:
+    if weights is None or str(weights) == SYNTHETIC_ALIAS:
         path = default_weights()
         if not path.exists():
             raise FileNotFoundError(
@@ -58,8 +62,10 @@ class Detector:
     """Batched YOLO detector: RGB uint8 frames in, one ``sv.Detections`` per frame out.
 
     Each output carries ``xyxy`` (N, 4) float32 pixels, ``confidence`` (N,),
-    ``class_id`` (N,) int, ``data["class_name"]`` (N,) str, and ``mask`` (N, H, W) bool
-    when the weights are a segmentation model.
+    ``class_id`` (N,) int, ``data["class_name"]`` (N,) str, ``mask`` (N, H, W) bool
+    when the weights are a segmentation model, and ``data["feature"]`` (N, D) float32
+    L2-normalised appearance embeddings when ``features`` is on and the model has a
+    YOLO detection head.
 
     Args:
         weights: path or bare file name of Ultralytics weights; None = the project's
@@ -73,6 +79,13 @@ class Detector:
         imgsz: inference size (None = the size the weights were trained at).
         device: torch device string (None = Ultralytics' choice: CUDA if available).
         batch_size: frames per model call.
+        segmenter: a callable (RGB frame, (N, 4) boxes) -> (N, H, W) bool masks, such
+            as :class:`pipeline.masks.BoxPromptSegmenter`, that gives a detection-only
+            checkpoint's boxes masks (ignored for segmentation weights).
+        features: attach appearance embeddings: the inputs of the detection head at each
+            kept box's anchor, averaged to one vector (Ultralytics' ``get_obj_feats``, the
+            features its BoT-SORT ``model: auto`` ReID uses), so any YOLO checkpoint gives
+            them offline and at no extra model call.
     """
 
     def __init__(
@@ -86,6 +99,8 @@ class Detector:
         imgsz: int | None = None,
         device: str | None = None,
         batch_size: int = 16,
+        segmenter=None,
+        features: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -103,6 +118,8 @@ class Detector:
         self.device = device
         self.batch_size = int(batch_size)
         self.class_ids = self._class_ids(classes)
+        self.features = bool(features) and self._hook_head_inputs()
+        self.segmenter = None if self.has_masks else segmenter
 
     @property
     def names(self) -> dict[int, str]:
@@ -113,6 +130,26 @@ class Detector:
     def has_masks(self) -> bool:
         """True for segmentation weights (detections then carry ``mask``)."""
         return self.model.task == "segment"
+
+    def _hook_head_inputs(self) -> bool:
+        """Make the predictor return per-box features (``Results.feats``): a pre-hook on the
+        detection head hands its input maps to the predictor, whose postprocess then keeps
+        the NMS indices and gathers the features (the hook Ultralytics registers itself
+        only in ``mode="track"``). False when the model has no such head."""
+        from ultralytics.nn.modules.head import Detect
+
+        net = getattr(self.model, "model", None)
+        head = getattr(net, "model", [None])[-1] if net is not None else None
+        if not isinstance(head, Detect) or getattr(head, "end2end", False):
+            return False
+
+        def pre_hook(module, inputs):
+            predictor = self.model.predictor
+            if predictor is not None:
+                predictor._feats = list(inputs[0])
+
+        head.register_forward_pre_hook(pre_hook)
+        return True
 
     def _class_ids(self, classes: list[str | int] | None) -> list[int] | None:
         if classes is None:
@@ -160,7 +197,11 @@ class Detector:
                 np.ascontiguousarray(im[:, :, ::-1])
                 for im in images[start : start + self.batch_size]
             ]
-            out.extend(self._to_detections(r) for r in self._predict(batch))
+            dets = [self._to_detections(r) for r in self._predict(batch)]
+            if self.segmenter is not None:
+                for im, det in zip(images[start : start + self.batch_size], dets):
+                    det.mask = self.segmenter(im, det.xyxy)
+            out.extend(dets)
         return out
 
     def _to_detections(self, result) -> sv.Detections:
@@ -171,6 +212,9 @@ class Detector:
         if self.has_masks and mask is None:  # a segmentation model that found nothing
             h, w = result.orig_shape
             mask = np.zeros((len(det), h, w), dtype=bool)
+        data = {"class_name": np.array([names[int(c)] for c in class_id], dtype=str)}
+        if self.features:
+            data["feature"] = _unit_rows(getattr(result, "feats", None), len(det))
         return sv.Detections(
             xyxy=det.xyxy.astype(np.float32).reshape(-1, 4),
             mask=None if mask is None else np.asarray(mask, dtype=bool),
@@ -180,5 +224,14 @@ class Detector:
                 else np.ones(len(det), np.float32)
             ),
             class_id=class_id,
-            data={"class_name": np.array([names[int(c)] for c in class_id], dtype=str)},
+            data=data,
         )
+
+
+def _unit_rows(feats, n: int) -> np.ndarray:
+    """(n, D) float32 L2-normalised rows of the predictor's per-box features ((n, 0) if none)."""
+    if feats is None or n == 0 or len(feats) == 0:
+        return np.zeros((n, 0), np.float32)
+    f = feats.detach().float().cpu().numpy() if hasattr(feats, "detach") else np.asarray(feats)
+    f = f.reshape(n, -1).astype(np.float32)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)

@@ -2,21 +2,33 @@
 
 :class:`IdOverlay` keeps the style (what to draw, sizes, colours) and
 :meth:`IdOverlay.annotate` takes the data (IDs, boxes, optional masks) of one
-frame, always drawing on a copy. :func:`overlay_video_frame` draws every track
-present at a time, using :meth:`pipeline.records.Track.boxes_at`.
+frame, always drawing on a copy. Numbers are legible (:mod:`pipeline.labels`): a
+colour with WCAG contrast >= 4.5 against the frame under the label, an outline of the
+opposite extreme, and places that never overlap; ``"stvg-r1"`` draws STVG-R1's plain
+red number at the mask centre instead, for ablations. :func:`overlay_video_frame` draws
+every track seen at a time, using :meth:`pipeline.records.Track.boxes_at`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from pipeline.geometry import nearest_index, rle_to_mask
+from pipeline.labels import (
+    Placement,
+    clamped_rect,
+    legible_color,
+    outline_color,
+    place_labels,
+)
 from pipeline.records import Track
 
-STYLES = ("number", "box+number", "contour+number")
+STYLES = ("number", "box+number", "contour+number", "stvg-r1")
+STVG_R1_RED = (255, 0, 0)
 
 # 12 well-separated colours (RGB); ID k uses PALETTE[(k - 1) % 12].
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -40,12 +52,6 @@ def id_color(track_id: int) -> tuple[int, int, int]:
     return PALETTE[(int(track_id) - 1) % len(PALETTE)]
 
 
-def _outline_color(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Dark outline around light text, light outline around dark text."""
-    luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
-    return (0, 0, 0) if luma >= 100 else (255, 255, 255)
-
-
 def label_center(xyxy: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float]:
     """Where an object's number goes: (x, y) pixels.
 
@@ -67,14 +73,18 @@ class IdOverlay:
     """Draws ID numbers (and optionally boxes or mask contours) in one colour per ID.
 
     Args:
-        style: one of ``STYLES``: ``"number"`` (the number at the object's centre, as in
-            STVG-R1), ``"box+number"``, ``"contour+number"`` (mask contour; the box
-            where an object has no mask).
+        style: one of ``STYLES``: ``"number"`` (the number at the object's centre, moved
+            where it would cover another), ``"box+number"``, ``"contour+number"`` (mask
+            contour; the box where an object has no mask), ``"stvg-r1"`` (STVG-R1's look:
+            a red number at the mask centre, no outline, no moving).
         font_scale: OpenCV font scale; None = STVG-R1's (20/30)·(max(H, W)/336),
-            floored at ``min_font_scale`` so numbers stay legible on tiny frames.
+            floored at ``min_font_scale`` so numbers stay legible on tiny frames; a
+            label taller than 60% of its object shrinks towards the floor.
         min_font_scale: floor of the automatic font scale.
-        color: one RGB colour for every ID (STVG-R1 draws all numbers red); None =
-            :func:`id_color` per ID.
+        color: one RGB colour for every ID (``"stvg-r1"``: red); None = :func:`id_color`
+            per ID. Except for ``"stvg-r1"`` it is moved towards white or black where
+            needed for contrast.
+        min_contrast: least WCAG contrast ratio of a number against the frame under it.
         min_relative_area: objects whose area (mask pixels, else box) is below this
             fraction of the frame's largest object are not drawn. STVG-R1 uses 1/3 to
             reduce clutter; the default 0.0 draws every object, because an unlabelled
@@ -89,6 +99,7 @@ class IdOverlay:
         min_font_scale: float = 0.35,
         color: tuple[int, int, int] | None = None,
         min_relative_area: float = 0.0,
+        min_contrast: float = 4.5,
     ):
         if style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {style!r}")
@@ -99,8 +110,11 @@ class IdOverlay:
         self.style = style
         self.font_scale = font_scale
         self.min_font_scale = float(min_font_scale)
+        if color is None and style == "stvg-r1":
+            color = STVG_R1_RED
         self.color = None if color is None else tuple(int(c) for c in color)
         self.min_relative_area = float(min_relative_area)
+        self.min_contrast = float(min_contrast)
 
     def scale_for(self, height: int, width: int) -> float:
         """Font scale used on an (height, width) frame."""
@@ -158,33 +172,119 @@ class IdOverlay:
                     masks[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
                 )
                 cv2.drawContours(out, contours, -1, color, line, cv2.LINE_AA)
-            elif self.style != "number":
+            elif self.style in ("box+number", "contour+number"):
                 p1 = (round(boxes[i, 0]), round(boxes[i, 1]))
                 p2 = (round(boxes[i, 2]) - 1, round(boxes[i, 3]) - 1)
                 cv2.rectangle(out, p1, p2, color, line, cv2.LINE_AA)
-        scale = self.scale_for(h, w)
-        thickness = max(1, round(2 * scale))
-        for i in np.flatnonzero(keep):
-            cx, cy = label_center(boxes[i], masks[i] if has_mask[i] else None)
-            self._put_number(
-                out, str(ids[i]), cx, cy, scale, thickness, self.color or id_color(ids[i])
-            )
+        labels = self.layout(out, ids, boxes, masks, keep=keep)  # contrast vs what is drawn
+        for label in labels:  # leaders first, so no line crosses a number
+            _draw_leader(out, label)
+        for label in labels:
+            _draw_text(out, label)
         return out
 
-    @staticmethod
-    def _put_number(img, text, cx, cy, scale, thickness, color) -> None:
-        font = cv2.FONT_HERSHEY_SIMPLEX
-        (tw, th), _ = cv2.getTextSize(text, font, scale, thickness)
-        # text box centred on (cx, cy), moved inside the frame: an object entering or
-        # leaving is a sliver at the border, and half a numeral is not a readable ID
-        h, w = img.shape[:2]
-        pad = thickness + 1  # the outline's width
-        x = min(max(cx - tw / 2, pad), w - tw - pad)
-        y = min(max(cy + th / 2, th + pad), h - pad)
-        org = (round(x), round(y))
-        outline = _outline_color(color)
-        cv2.putText(img, text, org, font, scale, outline, thickness + 2, cv2.LINE_AA)
-        cv2.putText(img, text, org, font, scale, color, thickness, cv2.LINE_AA)
+    def layout(self, image, ids, boxes, masks=None, keep=None) -> list[Label]:
+        """The labels :meth:`annotate` draws: text, place, colours (``keep``: which objects)."""
+        h, w = image.shape[:2]
+        ids = np.asarray(ids).reshape(-1).astype(int)
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        keep = np.ones(len(ids), bool) if keep is None else np.asarray(keep, bool)
+        idx = np.flatnonzero(keep)
+        if not idx.size:
+            return []
+        base = self.scale_for(h, w)
+        anchors, sizes, metrics = [], [], []
+        for i in idx:
+            has = masks is not None and masks[i].any()
+            anchors.append(label_center(boxes[i], masks[i] if has else None))
+            scale = base if self.style == "stvg-r1" else self._fit_scale(base, boxes[i])
+            # an outlined 1 px anti-aliased stroke is all blend: it never shows its colour
+            thickness = max(1 if self.style == "stvg-r1" else 2, round(2 * scale))
+            (tw, th), base_line = cv2.getTextSize(str(ids[i]), _FONT, scale, thickness)
+            pad = 0 if self.style == "stvg-r1" else thickness + 1  # the outline
+            sizes.append((tw + 2 * pad, th + base_line + 2 * pad))
+            metrics.append((scale, thickness, pad, th))
+        if self.style == "stvg-r1":  # centred (kept inside the frame), overlaps allowed
+            places = [Placement(clamped_rect(*a, s, (w, h)), False) for a, s in zip(anchors, sizes)]
+        else:  # smaller objects first: they have fewer free spots inside themselves
+            area = (boxes[idx, 2] - boxes[idx, 0]) * (boxes[idx, 3] - boxes[idx, 1])
+            order = np.lexsort((ids[idx], area))
+            placed = place_labels(
+                [anchors[k] for k in order], [sizes[k] for k in order], boxes[idx][order], (w, h)
+            )
+            places = [None] * len(idx)
+            for k, p in zip(order, placed):
+                places[k] = p
+        labels = []
+        for k, i in enumerate(idx):
+            if places[k] is None:
+                continue
+            x1, y1, x2, y2 = places[k].rect
+            color = self.color or id_color(ids[i])
+            if self.style == "stvg-r1":
+                text_rgb, outline = color, None
+            else:
+                background = image[y1:y2, x1:x2].reshape(-1, 3).mean(axis=0)
+                text_rgb = legible_color(color, background, self.min_contrast)
+                outline = outline_color(text_rgb)
+            scale, thickness, pad, th = metrics[k]
+            labels.append(
+                Label(
+                    int(ids[i]), places[k].rect, (x1 + pad, y1 + pad + th), scale, thickness,
+                    text_rgb, outline, anchors[k] if places[k].leader else None,
+                )
+            )  # fmt: skip
+        return labels
+
+    def _fit_scale(self, base: float, box: np.ndarray) -> float:
+        """``base``, shrunk (not under ``min_font_scale``) so the text is at most 60% of the
+        object's height."""
+        if self.font_scale is not None:
+            return base
+        _, th = cv2.getTextSize("0", _FONT, 1.0, 2)[0]
+        fit = 0.6 * max(float(box[3] - box[1]), 0.0) / th
+        return max(self.min_font_scale, min(base, fit))
+
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+@dataclass(frozen=True)
+class Label:
+    """One drawn number: ``rect`` (x1, y1, x2, y2) holds text and outline; ``origin`` is
+    OpenCV's text origin; ``leader`` the object point a leader line joins (None inside)."""
+
+    track_id: int
+    rect: tuple[int, int, int, int]
+    origin: tuple[int, int]
+    scale: float
+    thickness: int
+    text_rgb: tuple[int, int, int]
+    outline_rgb: tuple[int, int, int] | None
+    leader: tuple[float, float] | None
+
+
+def _draw_leader(img: np.ndarray, label: Label) -> None:
+    """A line from the object to the nearest point of its label's rectangle."""
+    if label.leader is None:
+        return
+    x1, y1, x2, y2 = label.rect
+    end = (min(max(label.leader[0], x1), x2 - 1), min(max(label.leader[1], y1), y2 - 1))
+    a, b = (round(label.leader[0]), round(label.leader[1])), (round(end[0]), round(end[1]))
+    cv2.line(img, a, b, label.outline_rgb, 3, cv2.LINE_AA)
+    cv2.line(img, a, b, label.text_rgb, 1, cv2.LINE_AA)
+
+
+def _draw_text(img: np.ndarray, label: Label) -> None:
+    text = str(label.track_id)
+    if label.outline_rgb is not None:
+        cv2.putText(
+            img, text, label.origin, _FONT, label.scale, label.outline_rgb,
+            label.thickness + 2, cv2.LINE_AA,
+        )  # fmt: skip
+    cv2.putText(
+        img, text, label.origin, _FONT, label.scale, label.text_rgb, label.thickness, cv2.LINE_AA
+    )
 
 
 def overlay_video_frame(
@@ -193,30 +293,54 @@ def overlay_video_frame(
     time_s: float,
     max_gap_s: float,
     overlay: IdOverlay,
+    max_unseen_s: float | None = None,
 ) -> np.ndarray:
-    """Draw every track present at ``time_s`` on a copy of ``image`` (stored frame size).
+    """Draw every track present at ``time_s`` on a copy of ``image`` (stored frame size),
+    as :func:`tracks_at` selects them."""
+    h, w = image.shape[:2]
+    ids, boxes, masks = tracks_at(tracks, time_s, max_gap_s, (h, w), max_unseen_s)
+    if not len(ids):
+        return image.copy()
+    return overlay.annotate(image, ids, boxes, masks)
+
+
+def tracks_at(
+    tracks: Sequence[Track],
+    time_s: float,
+    max_gap_s: float,
+    frame_hw: tuple[int, int],
+    max_unseen_s: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """IDs (N,), boxes (N, 4) and masks ((N, H, W) or None) of the tracks drawn at ``time_s``.
 
     Boxes are interpolated (:meth:`Track.boxes_at`); a track's mask comes from its
-    observed frame nearest to ``time_s`` (within ``max_gap_s``), when it has one.
+    observed frame nearest to ``time_s`` (within ``max_gap_s``), when it has one. With
+    ``max_unseen_s``, a track is drawn only if it was observed (detected, or continued
+    to the frame border) within that many seconds of ``time_s``: across a gap (the
+    object hidden behind another, a missed detection) no number is drawn where nothing
+    may be visible.
     """
-    h, w = image.shape[:2]
+    h, w = frame_hw
     ids, boxes, masks = [], [], []
     any_mask = False
+    at = np.array([time_s])
     for tr in tracks:
-        box = tr.boxes_at(np.array([time_s]), max_gap_s)[0]
+        box = tr.boxes_at(at, max_gap_s)[0]
         if np.isnan(box).any():
+            continue
+        if max_unseen_s is not None and nearest_index(tr.times_s, at, max_unseen_s)[0] < 0:
             continue
         mask = np.zeros((h, w), dtype=bool)
         if tr.masks_rle is not None:
-            j = int(nearest_index(tr.times_s, np.array([time_s]), max_gap_s)[0])
+            j = int(nearest_index(tr.times_s, at, max_gap_s)[0])
             if j >= 0 and tr.masks_rle[j] is not None:
                 mask = rle_to_mask(tr.masks_rle[j], h, w)
                 any_mask = True
         ids.append(tr.id)
         boxes.append(box)
         masks.append(mask)
-    if not ids:
-        return image.copy()
-    return overlay.annotate(
-        image, np.array(ids), np.stack(boxes), np.stack(masks) if any_mask else None
+    return (
+        np.array(ids, dtype=np.int64),
+        np.stack(boxes) if boxes else np.zeros((0, 4), np.float32),
+        np.stack(masks) if any_mask else None,
     )

@@ -102,6 +102,7 @@ def run(
     dups = sorted(v for v, n in Counter(r.video_id for r in records).items() if n > 1)
     if dups:
         raise ValueError(f"duplicate video ids in the records: {dups[:10]}")
+    _check_folder_weights(records, config)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} exists and is not a folder")
@@ -130,6 +131,15 @@ def run(
         options = {"limit": limit, "workers": workers, "progress": progress,
                    "videos_per_file": videos_per_file}  # fmt: skip
         return _finish(out_dir, config, tag, selected, stats, elapsed, options, meta or {})
+
+
+def _check_folder_weights(records: Sequence[VideoRecord], config: PreprocessConfig) -> None:
+    """The synthetic-shapes detector on arbitrary videos is refused before anything is written."""
+    from pipeline.adapters.folder import check_weights
+
+    for record in records:
+        if record.dataset == "folder":
+            check_weights(config.weights, Path(record.source).stem)
 
 
 def _write_results(

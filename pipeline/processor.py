@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -45,13 +46,41 @@ def _encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def _segmenter(config: PreprocessConfig):
+    """The SAM 2 box-prompt segmenter for ``--masks sam2`` (None otherwise)."""
+    if config.masks != "sam2":
+        return None
+    from pipeline.masks import BoxPromptSegmenter
+
+    return BoxPromptSegmenter(config.sam_weights)
+
+
+def tracker_config(config: PreprocessConfig):
+    """The :class:`pipeline.track.TrackerConfig` that ``config``'s flags describe."""
+    from pipeline.track import TrackerConfig
+
+    # short tracks are dropped before renumbering, so IDs stay consecutive 1..K
+    return TrackerConfig(
+        track_low_thresh=min(config.conf, 0.25),
+        match_thresh=config.match_thresh,
+        track_buffer=config.track_buffer,
+        fuse_score=config.fuse_score,
+        min_frames=config.min_track_frames,
+        edge_extend_s=config.edge_extend_s,
+        duplicate_iou=config.duplicate_iou,
+        kalman=config.kalman,
+        tracker=config.tracker,
+        associate_gap_s=config.associate_gap_s,
+        associate_min_sim=config.associate_min_sim,
+    )
+
+
 class VideoProcessor:
     """Turns one :class:`VideoRecord` into one shard row. Holds the detector and overlay."""
 
     def __init__(self, config: PreprocessConfig):
         from pipeline.detect import Detector
         from pipeline.overlay import IdOverlay
-        from pipeline.track import TrackerConfig
 
         self.config = config
         self.detector = Detector(
@@ -62,19 +91,10 @@ class VideoProcessor:
             classes=list(config.classes) if config.classes else None,
             imgsz=config.imgsz,
             batch_size=config.batch_size,
+            segmenter=_segmenter(config),
         )
         self.overlay = IdOverlay(style=config.overlay_style)
-        # short tracks are dropped before renumbering, so IDs stay consecutive 1..K
-        self.tracker_config = TrackerConfig(
-            track_low_thresh=min(config.conf, 0.25),
-            match_thresh=config.match_thresh,
-            track_buffer=config.track_buffer,
-            fuse_score=config.fuse_score,
-            min_frames=config.min_track_frames,
-            edge_extend_s=config.edge_extend_s,
-            duplicate_iou=config.duplicate_iou,
-            kalman=config.kalman,
-        )
+        self.tracker_config = tracker_config(config)
 
     def __call__(self, record: VideoRecord) -> tuple[dict, dict]:
         from pipeline.decode import iter_frames, probe
@@ -83,6 +103,12 @@ class VideoProcessor:
         from pipeline.track import track_frames
 
         cfg = self.config
+        if record.dataset == "folder":
+            from pipeline.adapters.folder import check_weights
+
+            check_weights(cfg.weights, Path(record.source).stem)
+            if cfg.fps is not None and record.frame_files is not None:  # --fps: JPEG folders
+                record = dataclasses.replace(record, fps=cfg.fps)
         info = probe(record)
         track_rate = cfg.track_fps or info.fps
         n_tracked = 0
@@ -115,8 +141,9 @@ class VideoProcessor:
         frames, times = [], []
         for frame in iter_frames(record, fps=cfg.out_fps, max_side=cfg.max_side):
             drawn = overlay_video_frame(
-                frame.image, tracks, frame.time_s, cfg.max_gap_s, self.overlay
-            )
+                frame.image, tracks, frame.time_s, cfg.max_gap_s, self.overlay,
+                max_unseen_s=0.51 / track_rate,  # seen on the nearest tracked frame
+            )  # fmt: skip
             frames.append(_encode_jpeg(drawn, cfg.jpeg_quality))
             times.append(frame.time_s)
         row = make_row(

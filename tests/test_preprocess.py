@@ -276,9 +276,10 @@ def test_config_change_is_refused_unless_overwrite(
     # a pipeline version that writes other rows for the same settings: refused
     from pipeline import config as pp
 
-    assert json.loads((out / MANIFEST).read_text())["identity"]["output_version"] == 2
-    monkeypatch.setattr(pp, "OUTPUT_VERSION", 3)
-    with pytest.raises(OutputConflictError, match=r"output_version: 2 -> 3"):
+    version = pp.OUTPUT_VERSION
+    assert json.loads((out / MANIFEST).read_text())["identity"]["output_version"] == version
+    monkeypatch.setattr(pp, "OUTPUT_VERSION", version + 1)
+    with pytest.raises(OutputConflictError, match=rf"output_version: {version} -> {version + 1}"):
         run(records, out, PreprocessConfig(), progress=False)
     monkeypatch.undo()
     assert data_files(out) == before  # untouched

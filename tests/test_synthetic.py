@@ -537,3 +537,36 @@ def test_idempotent_mismatch_and_force(tmp_path):
         generate(tmp_path / "z", formats=("coco",), progress=False)
     with pytest.raises(ValueError, match="even"):
         SceneConfig(width=161)
+
+
+def test_hard_split_scenes_hide_exit_cross_and_crowd():
+    from pipeline.synthetic.hard import KINDS, make_hard_scene, mot_rows
+
+    fps = 10.0
+    occ = make_hard_scene("occlusion", 0)
+    for obj in occ.objects:  # fully hidden behind the pillar (not an object) for 1-4 s
+        hidden = np.diff(occ.visible_frames(obj.obj_id)).max() - 1
+        assert 1.0 <= hidden / fps <= 4.5
+        col = occ.frame(50)[:, occ.pillar[0] : occ.pillar[1]]
+        assert (col == col[0, 0]).all()  # the pillar is drawn over everything
+    re = make_hard_scene("reenter", 0)
+    for obj in re.objects:  # leaves (no pixel in view) and comes back
+        gone = np.isnan(re.boxes_xyxy[obj.obj_id, :, 0])
+        first, last = re.visible_frames(obj.obj_id)[[0, -1]]
+        assert gone[first:last].sum() >= fps  # at least 1 s away
+    cross = make_hard_scene("crossing", 0)
+    a, b = cross.objects
+    assert (a.shape, a.size_px) == (b.shape, b.size_px) and a.color != b.color
+    dx = cross.objects[0].centers_xy[:, 0] - cross.objects[1].centers_xy[:, 0]
+    assert dx[0] * dx[-1] < 0  # their order swaps: they cross
+    assert len(make_hard_scene("crowd", 0).objects) >= 15
+    rows = mot_rows(occ)  # MOTChallenge gt.txt: one row per visible object per frame
+    assert len(rows) == int((~np.isnan(occ.boxes_xyxy[..., 0])).sum())
+    frame, oid, x, y, w, h = (float(v) for v in rows[0].split(",")[:6])
+    x1, y1, x2, y2 = occ.boxes_xyxy[0, 0]
+    assert (frame, oid, x, y, w, h) == (1, 1, x1, y1, x2 - x1, y2 - y1)
+    assert (
+        make_hard_scene("crowd", 3).frame(7).tobytes()
+        == make_hard_scene("crowd", 3).frame(7).tobytes()
+    )
+    assert set(KINDS) == {"occlusion", "reenter", "crossing", "crowd"}

@@ -9,6 +9,7 @@ may also be one video file or one frame folder. ``video_id`` is the path relativ
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,33 @@ from pipeline.records import VideoRecord
 
 DEFAULT_JPEG_FPS = 30.0
 HINT = "Point it at a video file or a directory of videos (mp4/avi/mkv/mov/webm) or JPEG folders."
+
+
+class SyntheticDetectorError(ValueError):
+    """The synthetic-shapes detector was about to run on arbitrary videos."""
+
+
+SYNTHETIC_VIDEO_NAME = re.compile(r"syn_(train|valid)_\d{4}")
+"""How :mod:`pipeline.synthetic.writer` names the synthetic set's videos."""
+
+
+def check_weights(weights: str | None, video_name: str | None = None) -> None:
+    """Refuse the default (synthetic-shapes) detector for arbitrary videos.
+
+    Raises :class:`SyntheticDetectorError` when ``weights`` is None and ``video_name`` (a
+    file stem or folder name) is not a synthetic-set video; ``"synthetic"`` asks for that
+    detector on purpose, any other name or path is a real checkpoint.
+    """
+    if video_name is not None and SYNTHETIC_VIDEO_NAME.fullmatch(video_name):
+        return
+    if weights is None:
+        raise SyntheticDetectorError(
+            "the folder dataset holds arbitrary videos, but no --weights was given: the "
+            "default detector is trained on synthetic shapes only and would call every object "
+            "a circle, square, triangle or star. Pass a real checkpoint, e.g. --weights "
+            "yolo11x.pt (put the file in data/models/ultralytics/ or data/models/; nothing is "
+            "downloaded), or --weights synthetic to run the synthetic detector anyway."
+        )
 
 
 def _sources(root: Path) -> list[Path]:

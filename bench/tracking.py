@@ -1,0 +1,179 @@
+"""Benchmark: ID stability on the harder synthetic split, ByteTrack alone vs the pipeline.
+
+    python bench/tracking.py [--data data/raw/synthetic-hard] [--per-kind 3] [--json out.json]
+
+Writes the split first when ``--data`` does not hold it (``pipeline.synthetic.hard``).
+Every video is decoded and detected once (the committed detector, the pipeline's
+settings); the same detections then go to
+- ``bytetrack``: Ultralytics' ByteTrack with ``bytetrack.yaml`` as it is (IDs as it
+  outputs them, no cleaning);
+- ``pipeline``: the preprocessing tracker (``PreprocessConfig`` defaults: ByteTrack plus
+  the cleaning, border extension, duplicate resolution and offline association);
+- ``pipeline-no-assoc``: the same with the offline association off;
+- ``pipeline-botsort``: the pipeline with BoT-SORT (detector features as ReID) online.
+Metrics come from ``motmetrics`` (IDF1, ID switches, fragmentations, MOTA; IoU >= 0.5),
+accumulated over all videos, per kind and in total; ratios of the pipeline to ByteTrack
+alone are printed. No assertion on the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METRICS = ["idf1", "num_switches", "num_fragmentations", "mota", "num_unique_objects"]
+
+
+def read_gt(path: Path) -> dict[int, list[tuple[int, np.ndarray]]]:
+    """frame (0-based) -> [(id, xywh)] from a MOTChallenge gt.txt."""
+    out: dict[int, list] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            f, i, x, y, w, h = (float(v) for v in line.split(",")[:6])
+            out.setdefault(int(f) - 1, []).append((int(i), np.array([x, y, w, h])))
+    return out
+
+
+def detect_video(path: Path, detector) -> list[tuple[float, object]]:
+    """(time_s, detections) for every frame of an mp4."""
+    from pipeline.decode import iter_frames, probe
+    from pipeline.records import VideoRecord
+
+    bare = VideoRecord(path.stem, "bench", "bench", path, 1.0)
+    record = VideoRecord(path.stem, "bench", "bench", path, probe(bare).fps)
+    frames = list(iter_frames(record, max_side=None))
+    dets = detector([f.image for f in frames])
+    return [(f.time_s, d) for f, d in zip(frames, dets)]
+
+
+def bytetrack_alone(frames, fps: float) -> dict[int, list[tuple[int, np.ndarray]]]:
+    """frame -> [(id, xyxy)] straight from Ultralytics' ByteTrack (``bytetrack.yaml``)."""
+    from pipeline.track import Tracker, TrackerConfig
+
+    tracker = Tracker(TrackerConfig.from_bytetrack_yaml(kalman="xyah"), fps)
+    out = {}
+    for k, (t, d) in enumerate(frames):
+        tracked = tracker.update(d, t)
+        out[k] = [(int(i), b) for i, b in zip(tracked.tracker_id, tracked.xyxy)]
+    return out
+
+
+def pipeline_tracks(frames, fps: float, wh, **overrides) -> dict[int, list]:
+    """frame -> [(id, xyxy)] of the preprocessing tracker's final tracks."""
+    from pipeline.config import PreprocessConfig
+    from pipeline.processor import tracker_config
+    from pipeline.track import collect_tracks
+
+    cfg = tracker_config(PreprocessConfig(**overrides))
+    tracks = collect_tracks(frames, cfg, fps, frame_wh=wh)
+    times = np.array([t for t, _ in frames])
+    out: dict[int, list] = {k: [] for k in range(len(frames))}
+    for tr in tracks:
+        for t, b in zip(tr.times_s, tr.xyxy):
+            k = int(np.argmin(np.abs(times - t)))
+            out[k].append((tr.id, b))
+    return out
+
+
+def accumulate(gt, hyp, n_frames: int):
+    """A ``motmetrics`` accumulator over the clip; a pair matches at IoU >= 0.5.
+
+    The distance is 1 - IoU, NaN below 0.5 (what ``motmetrics.distances.iou_matrix``
+    computes; that function calls ``np.asfarray``, gone in NumPy 2, so the IoU comes
+    from :func:`pipeline.geometry.box_iou`).
+    """
+    import motmetrics as mm
+
+    from pipeline.geometry import box_iou
+
+    acc = mm.MOTAccumulator(auto_id=True)
+    for k in range(n_frames):
+        g = gt.get(k, [])
+        h = hyp.get(k, [])
+        gb = np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for _, b in g]).reshape(-1, 4)
+        hb = np.array([b for _, b in h], dtype=np.float64).reshape(-1, 4)
+        dist = 1.0 - box_iou(gb, hb)
+        dist[dist > 0.5] = np.nan
+        acc.update([i for i, _ in g], [i for i, _ in h], dist)
+    return acc
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "data/raw/synthetic-hard")
+    parser.add_argument("--per-kind", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args(argv)
+
+    import motmetrics as mm
+
+    from pipeline.detect import Detector
+    from pipeline.runtime import configure_offline
+    from pipeline.synthetic.hard import write_hard_split
+
+    configure_offline()
+    if not (args.data / "summary.json").exists():
+        write_hard_split(args.data, args.seed, args.per_kind)
+    summary = json.loads((args.data / "summary.json").read_text())
+    detector = Detector(conf=0.1, iou=0.5)  # PreprocessConfig's detector settings
+    accs: dict[str, list] = {
+        "bytetrack": [],
+        "pipeline": [],
+        "pipeline-no-assoc": [],
+        "pipeline-botsort": [],
+    }
+    names = []
+    for v in summary["videos"]:
+        path = args.data / f"{v['video']}.mp4"
+        frames = detect_video(path, detector)
+        gt = read_gt(args.data / f"{v['video']}.gt.txt")
+        fps = 1.0 / float(frames[1][0] - frames[0][0])
+        h, w = 240, 320
+        hyps = {
+            "bytetrack": bytetrack_alone(frames, fps),
+            "pipeline": pipeline_tracks(frames, fps, (w, h)),
+            "pipeline-no-assoc": pipeline_tracks(frames, fps, (w, h), associate_gap_s=0),
+            "pipeline-botsort": pipeline_tracks(frames, fps, (w, h), tracker="botsort"),
+        }
+        for name, hyp in hyps.items():
+            accs[name].append(accumulate(gt, hyp, len(frames)))
+        names.append(f"{v['kind']}/{v['video']}")
+    mh = mm.metrics.create()
+    result = {}
+    kinds = sorted({v["kind"] for v in summary["videos"]})
+    for name, acc_list in accs.items():
+        rows = {}
+        for kind in [*kinds, "all"]:
+            sel = [a for a, n in zip(acc_list, names) if kind == "all" or n.startswith(kind)]
+            df = mh.compute_many(sel, metrics=METRICS, generate_overall=True)
+            rows[kind] = {m: float(df.loc["OVERALL", m]) for m in METRICS}
+        result[name] = rows
+    print("| tracker | kind | IDF1 | ID switches | fragmentations | MOTA |")
+    print("|---|---|---|---|---|---|")
+    for name, rows in result.items():
+        for kind, r in rows.items():
+            print(
+                f"| {name} | {kind} | {100 * r['idf1']:.1f} | {r['num_switches']:.0f} | "
+                f"{r['num_fragmentations']:.0f} | {100 * r['mota']:.1f} |"
+            )
+    a, b = result["bytetrack"]["all"], result["pipeline"]["all"]
+    ratio = b["num_switches"] / max(a["num_switches"], 1)
+    print(f"ID switches pipeline / ByteTrack alone: {ratio:.2f} (target <= 0.5)")
+    print(
+        f"IDF1 pipeline - ByteTrack alone: {100 * (b['idf1'] - a['idf1']):+.1f} points (target >= +10)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

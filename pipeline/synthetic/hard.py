@@ -1,0 +1,244 @@
+"""The harder synthetic split for ID stability, with object identities in every frame.
+
+Scripted scenes, each built around one way IDs get lost (``KINDS``):
+
+- ``occlusion``: objects pass behind a pillar (part of the background, drawn in front of
+  them, not an object) and stay fully hidden for 1-4 s;
+- ``reenter``: objects leave through the frame border and come back 1-3 s later;
+- ``crossing``: two objects of the same shape and size cross each other's path;
+- ``crowd``: 15-18 objects drifting about their places, neighbours passing in front of
+  and behind one another.
+
+Each video is written as an mp4 with its ground truth in the MOTChallenge ``gt.txt``
+layout (``frame, id, x, y, w, h, 1, -1, -1, -1``, frames from 1, one row per object per
+frame where any of it is visible), the format ``motmetrics`` reads::
+
+    <out>/<video>.mp4
+    <out>/<video>.gt.txt
+    <out>/summary.json
+
+``python -m pipeline.synthetic.hard --out data/raw/synthetic-hard``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.synthetic.scene import (
+    COLORS_RGB,
+    SHAPES,
+    Scene,
+    SceneConfig,
+    SceneObject,
+    boxes_from_masks,
+    make_background,
+    make_stamp,
+    render_masks,
+)
+
+KINDS = ("occlusion", "reenter", "crossing", "crowd")
+DEFAULT_OUT = Path("data/raw/synthetic-hard")
+
+
+PILLAR_RGB = (70, 62, 58)
+
+
+@dataclass(frozen=True)
+class HardScene(Scene):
+    """A :class:`Scene` with an optional pillar: columns ``pillar[0]:pillar[1]`` drawn in
+    front of every object (the masks and boxes already leave it out)."""
+
+    pillar: tuple[int, int] | None = None
+
+    def frame(self, frame_idx: int) -> np.ndarray:
+        img = super().frame(frame_idx)
+        if self.pillar is not None:
+            img[:, self.pillar[0] : self.pillar[1]] = PILLAR_RGB
+        return img
+
+
+def _obj(oid, shape, color, size_px, depth, centers) -> SceneObject:
+    return SceneObject(
+        obj_id=oid,
+        shape=shape,
+        color=color,
+        size="large" if size_px >= 40 else "small",
+        size_px=size_px,
+        depth=depth,
+        stamp=make_stamp(shape, size_px),
+        centers_xy=np.asarray(centers, np.float32),
+        segments=(),
+    )
+
+
+def _line(t: np.ndarray, start, velocity) -> np.ndarray:
+    return np.stack([start[0] + velocity[0] * t, start[1] + velocity[1] * t], axis=1)
+
+
+def _occlusion(rng, cfg: SceneConfig) -> tuple[list[SceneObject], tuple[int, int]]:
+    t = np.arange(cfg.num_frames) / cfg.fps
+    w, h = cfg.width, cfg.height
+    cover = int(rng.integers(60, 72))
+    x0 = (w - cover) // 2
+    objs = []
+    for k, y in enumerate((0.3 * h, 0.7 * h)):
+        size = int(rng.integers(24, 31))
+        hidden_s = rng.uniform(1.0, 4.0)  # fully behind the pillar this long
+        speed = (cover - size) / hidden_s
+        sign = 1 if k == 0 else -1
+        start = w / 2 - sign * (cover / 2 + size / 2 + speed * rng.uniform(1.0, 2.0))
+        centers = _line(t, (start, y), (sign * speed, 0.0))
+        shape = str(rng.choice(SHAPES))
+        color = str(rng.choice(["red", "green", "blue", "purple", "orange", "white"]))
+        objs.append(_obj(k, shape, color, size, k, centers))
+    return objs, (x0, x0 + cover)
+
+
+def _reenter(rng, cfg: SceneConfig) -> list[SceneObject]:
+    t = np.arange(cfg.num_frames) / cfg.fps
+    w, h = cfg.width, cfg.height
+    objs = []
+    for k in range(2):
+        size = int(rng.integers(28, 44))
+        speed = rng.uniform(60, 90)
+        away_s = rng.uniform(1.0, 3.0)
+        y = h * (0.3 + 0.4 * k)
+        out_x = w + size  # fully outside
+        x_start = rng.uniform(0.35, 0.55) * w
+        t_exit = (out_x - x_start) / speed
+        xs = np.where(
+            t <= t_exit,
+            x_start + speed * t,
+            out_x - speed * np.clip(t - t_exit - away_s, 0, None),
+        )
+        centers = np.stack([xs, np.full_like(xs, y)], axis=1)
+        centers[(t > t_exit) & (t < t_exit + away_s)] = np.nan
+        shape, color = str(rng.choice(SHAPES)), str(rng.choice(list(COLORS_RGB)))
+        objs.append(_obj(k, shape, color, size, k, centers))
+    return objs
+
+
+def _crossing(rng, cfg: SceneConfig) -> list[SceneObject]:
+    t = np.arange(cfg.num_frames) / cfg.fps
+    w, h = cfg.width, cfg.height
+    shape = str(rng.choice(SHAPES))
+    size = int(rng.integers(30, 40))
+    colors = rng.choice(["red", "green", "blue", "purple", "orange"], size=2, replace=False)
+    speed = rng.uniform(25, 45)
+    dur = t[-1]
+    objs = []
+    for k, sign in enumerate((1, -1)):
+        start = (w / 2 - sign * speed * dur / 2, h / 2 + sign * rng.uniform(0, 8))
+        centers = _line(t, start, (sign * speed, 0.0))
+        objs.append(_obj(k, shape, str(colors[k]), size, k, centers))
+    return objs
+
+
+def _crowd(rng, cfg: SceneConfig) -> list[SceneObject]:
+    t = np.arange(cfg.num_frames) / cfg.fps
+    w, h = cfg.width, cfg.height
+    n = int(rng.integers(15, 19))
+    cols = int(np.ceil(np.sqrt(n * w / h)))
+    rows = int(np.ceil(n / cols))
+    cells = rng.permutation(rows * cols)[:n]
+    objs = []
+    for k, c in enumerate(cells):
+        cx = (c % cols + 0.5) * w / cols
+        cy = (c // cols + 0.5) * h / rows
+        amp = rng.uniform(12, 30, size=2)  # about half a cell: neighbours pass over each other
+        phase = rng.uniform(0, 2 * np.pi, size=2)
+        freq = rng.uniform(0.05, 0.15, size=2)
+        centers = np.stack(
+            [
+                cx + amp[0] * np.sin(2 * np.pi * freq[0] * t + phase[0]),
+                cy + amp[1] * np.sin(2 * np.pi * freq[1] * t + phase[1]),
+            ],
+            axis=1,
+        )
+        size = int(rng.integers(22, 28))
+        shape, color = str(rng.choice(SHAPES)), str(rng.choice(list(COLORS_RGB)))
+        objs.append(_obj(k, shape, color, size, k, centers))
+    return objs
+
+
+_BUILDERS = {"occlusion": _occlusion, "reenter": _reenter, "crossing": _crossing, "crowd": _crowd}
+
+
+def make_hard_scene(kind: str, seed: int, cfg: SceneConfig | None = None) -> HardScene:
+    """One scripted scene of ``kind`` (see ``KINDS``); deterministic for a seed."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    cfg = cfg or SceneConfig(duration_s=10.0)
+    rng = np.random.default_rng([seed, KINDS.index(kind)])
+    built = _BUILDERS[kind](rng, cfg)
+    objects, pillar = built if kind == "occlusion" else (built, None)
+    objects = tuple(objects)
+    masks = render_masks(objects, cfg.num_frames, cfg.height, cfg.width)
+    if pillar is not None:
+        masks[..., pillar[0] : pillar[1]] = False
+    boxes = boxes_from_masks(masks)
+    background = make_background(rng, cfg.height, cfg.width)
+    masks.setflags(write=False)
+    boxes.setflags(write=False)
+    vid = f"{kind}_{seed:03d}"
+    return HardScene(vid, cfg, background, objects, masks, boxes, events=(), pillar=pillar)
+
+
+def mot_rows(scene: Scene) -> list[str]:
+    """MOTChallenge gt.txt rows: frame (from 1), id (obj_id + 1), x, y, w, h, 1, -1, -1, -1."""
+    rows = []
+    for f in range(scene.num_frames):
+        for obj in scene.objects:
+            b = scene.boxes_xyxy[obj.obj_id, f]
+            if np.isnan(b[0]):
+                continue
+            x, y, w, h = float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])
+            rows.append(f"{f + 1},{obj.obj_id + 1},{x:g},{y:g},{w:g},{h:g},1,-1,-1,-1")
+    return rows
+
+
+def write_hard_split(out: str | Path, seed: int = 0, per_kind: int = 3) -> dict:
+    """Write ``per_kind`` videos of every kind with their gt.txt; returns the summary."""
+    from pipeline.synthetic.writer import write_mp4
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    videos = []
+    for kind in KINDS:
+        for i in range(per_kind):
+            scene = make_hard_scene(kind, seed * 1000 + i)
+            write_mp4(
+                out / f"{scene.video_id}.mp4",
+                (scene.frame(f) for f in range(scene.num_frames)),
+                scene.config.fps,
+            )
+            (out / f"{scene.video_id}.gt.txt").write_text("\n".join(mot_rows(scene)) + "\n")
+            videos.append({"video": scene.video_id, "kind": kind, "objects": len(scene.objects)})
+    summary = {"seed": seed, "per_kind": per_kind, "fps": 10.0, "videos": videos}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.synthetic.hard",
+        description="Write the harder synthetic split (occlusion, re-entry, crossing, crowds) "
+        "as mp4 videos with MOTChallenge gt.txt identities.",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-kind", type=int, default=3, help="videos of each kind")
+    args = parser.parse_args(argv)
+    summary = write_hard_split(args.out, args.seed, args.per_kind)
+    print(f"wrote {len(summary['videos'])} videos to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
