@@ -125,6 +125,7 @@ def completion_logprobs(
     completion_ids: Sequence[Sequence[int]],
     *,
     micro_batch: int = 4,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each completion token given its prompt and video (differentiable).
 
@@ -135,6 +136,8 @@ def completion_logprobs(
         completion_ids: N token-id lists (may end with <|im_end|>).
         micro_batch: samples per forward pass (a multiple of G keeps each video to one
             encoding).
+        temperature: the logits are divided by it, as the sampler did, so these are the
+            log-probs of the distribution the completions were sampled from.
     Returns:
         logprobs: (N, L) float32, L = longest completion, right-padded with 0.
         mask: (N, L) float32, 1 on real completion tokens.
@@ -166,7 +169,7 @@ def completion_logprobs(
         rows = list(range(start, min(n, start + micro_batch)))
         feats = [cache[(prompts[i], *_same_video_key(*videos[i]))] for i in rows]
         comps = [list(completion_ids[i]) for i in rows]
-        lp_mb = _micro_batch_logprobs(model, tok, feats, comps, device)  # (B, w_mb)
+        lp_mb = _micro_batch_logprobs(model, tok, feats, comps, device, temperature)  # (B, w_mb)
         rows_out.append(torch.nn.functional.pad(lp_mb, (0, width - lp_mb.shape[1])))
     lp = torch.cat(rows_out, dim=0)  # (N, width)
     lengths = torch.tensor([len(c) for c in completion_ids], device=device)
@@ -174,7 +177,7 @@ def completion_logprobs(
     return lp * mask, mask
 
 
-def _micro_batch_logprobs(model, tok, feats, comps, device) -> torch.Tensor:
+def _micro_batch_logprobs(model, tok, feats, comps, device, temperature=1.0) -> torch.Tensor:
     """(B, w) log-probs for one micro-batch, w = its longest completion. Sequences are
     left-padded so that every completion ends at the last position and one slice of
     logits covers them all."""
@@ -227,6 +230,8 @@ def _micro_batch_logprobs(model, tok, feats, comps, device) -> torch.Tensor:
         # peak is one (k, V) float32 block and left-padding positions are never scored.
         k = len(c)
         lg = logits[r, width - k : width].float()  # (k, V)
+        if temperature not in (0.0, 1.0):
+            lg = lg / temperature
         tgt = targets[r, width - k :]  # (k,)
         row = lg.gather(-1, tgt[:, None])[:, 0] - lg.logsumexp(-1)  # (k,)
         rows.append(torch.nn.functional.pad(row, (0, width - k)))  # right-padded to (width,)
