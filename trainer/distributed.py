@@ -33,7 +33,7 @@ import torch
 
 STRATEGIES = ("auto", "ddp", "fsdp2")
 # modules sharded one by one under FSDP2 (class-name suffixes of Qwen2.5-VL's blocks)
-SHARDED_BLOCKS = ("DecoderLayer", "VisionBlock")
+SHARDED_BLOCKS = ("DecoderLayer", "VisionBlock", "VisionTransformerPretrainedModel")
 BUCKET_ELEMENTS = 2**25  # gradients averaged per all_reduce call (DDP mode)
 
 
@@ -108,8 +108,9 @@ def prepare_model(model, dist: Dist, compute_dtype: torch.dtype, *, trainable: b
 
     DDP: trainable parameters are broadcast from rank 0 (a LoRA adapter's random init is
     then the same everywhere). FSDP2: ``fully_shard`` per decoder layer and vision block,
-    then the root; ``get_video_features`` is registered as a forward method so the
-    training forward's separate video encoding gathers the root's parameters too.
+    then the vision tower (its patch embedding and merger), then the root, with
+    ``generate`` and ``get_video_features`` (which the training forward calls apart)
+    registered as entry points that gather the root's parameters like ``forward``.
     """
     if dist.strategy == "ddp":
         if trainable:
@@ -134,11 +135,13 @@ def prepare_model(model, dist: Dist, compute_dtype: torch.dtype, *, trainable: b
         "mp_policy": MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32),
         "offload_policy": CPUOffloadPolicy() if dist.cpu_offload else OffloadPolicy(),
     }
-    for module in model.modules():
+    for module in reversed(list(model.modules())):  # inner blocks before what holds them
         if type(module).__name__.endswith(SHARDED_BLOCKS):
             fully_shard(module, **kwargs)
     fully_shard(model, **kwargs)
-    register_fsdp_forward_method(model, "get_video_features")
+    for method in ("generate", "get_video_features"):  # entry points besides forward
+        if hasattr(model, method):
+            register_fsdp_forward_method(model, method)
     return model
 
 

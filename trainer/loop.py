@@ -99,7 +99,9 @@ def _add(stats: dict, key: str, values) -> None:
     stats.setdefault(key, []).extend(float(v) for v in np.atleast_1d(values))
 
 
-def _micro_batch(run, requests, completions, rewards, components, stats) -> RolloutBatch:
+def make_batch(run, requests, completions, rewards, components, stats) -> RolloutBatch:
+    """The rollout batch of one micro-batch: G ``completions`` per request (request-major)
+    with their ``rewards`` (B*G,); reward terms and group statistics go to ``stats``."""
     from trainer.grpo import group_advantages
 
     cfg, G = run.cfg, run.cfg.num_generations
@@ -157,10 +159,16 @@ def collect_round(run) -> Round:
             [s.video for s in samples for _ in range(G)],
             [s.query for s in samples for _ in range(G)],
         )
-        rnd.batches.append(_micro_batch(run, requests, completions, rewards, components, rnd.stats))
+        rnd.batches.append(make_batch(run, requests, completions, rewards, components, rnd.stats))
         rnd.times["rollout"] += t1 - t0
         rnd.times["reward"] += time.perf_counter() - t1
     run.engine.sleep()
+    return count_loss_terms(rnd, dist)
+
+
+def count_loss_terms(rnd: Round, dist) -> Round:
+    """Fill the round's loss normalisers: tokens and completions in the loss, summed over
+    micro-batches and ranks (collective)."""
     tokens = sum(len(c) * float(w) for b in rnd.batches
                  for c, w in zip(b.completion_ids, b.in_loss))  # fmt: skip
     rows = sum(float(b.in_loss.sum()) for b in rnd.batches)
