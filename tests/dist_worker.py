@@ -1,14 +1,18 @@
 """Process body for the multi-process tests (run by ``python`` or ``torchrun``).
 
     python tests/dist_worker.py step  CONFIG.json OUT_DIR   # one optimiser step on fixed rollouts
-    python tests/dist_worker.py train CONFIG.json OUT_DIR [--resume] [--stop-after N]
+    python tests/dist_worker.py train CONFIG.json OUT_DIR [--resume] [--kill-in-save N]
 
 ``step`` builds a run with :func:`trainer.train.setup_run`, gives this rank its share of a
 fixed global round of completions and rewards, takes one :func:`trainer.loop.optimise`
 step and has rank 0 save the full weights to ``OUT_DIR/weights.pt``. ``train`` runs
 :func:`trainer.train.train` and records, per rank, the dataset indices it drew into
-``OUT_DIR/prompts-rank<r>.json`` (the test's own bookkeeping, outside the run folder);
-``--stop-after N`` kills the process (SIGKILL) right after step N's checkpoint.
+``OUT_DIR/prompts-rank<r>.json`` (the test's own bookkeeping, outside the run folder),
+with a stand-in reward that a random tiny model's completions vary on (a hash of the
+text: the task reward is 0 for every completion of an untrained model, so nothing would
+be learned); rollouts, loss, optimiser and checkpoints are the real ones;
+``--kill-in-save N`` kills the process (SIGKILL) in the middle of step N's checkpoint
+(its shards and trainer state written, not yet renamed).
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ def step(cfg: TrainConfig, out: Path) -> None:
         torch.save({k: v.float() for k, v in state.items()}, out / "weights.pt")
 
 
-def train_run(cfg: TrainConfig, out: Path, resume: bool, stop_after: int | None) -> None:
+def train_run(cfg: TrainConfig, out: Path, resume: bool, kill_in_save: int | None) -> None:
+    import trainer.checkpoint as ck
     import trainer.loop as loop
     import trainer.train as tt
 
@@ -79,16 +84,40 @@ def train_run(cfg: TrainConfig, out: Path, resume: bool, stop_after: int | None)
         (out / f"prompts-rank{rank}.json").write_text(json.dumps(drawn))
         return rnd
 
-    save = tt.maybe_checkpoint
+    save = ck.save_checkpoint
 
-    def checkpoint_then_die(run):
-        save(run)
-        if stop_after is not None and run.state.step == stop_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+    def save_or_die(path, run_state, model, optimizer, dist, cfg):
+        if run_state["step"] == kill_in_save:
+            cfg = Dying(cfg)
+        save(path, run_state, model, optimizer, dist, cfg)
+
+    setup = tt.setup_run
+
+    def setup_with_text_reward(*args, **kwargs):
+        run = setup(*args, **kwargs)
+        run.reward_fn = text_reward
+        return run
 
     loop.collect_round = recording_collect
-    tt.maybe_checkpoint = checkpoint_then_die
+    ck.save_checkpoint = save_or_die
+    tt.setup_run = setup_with_text_reward
     tt.train(cfg, resume="latest" if resume else None, progress=False)
+
+
+def text_reward(texts, videos, queries):
+    """A reward in [0, 1] that differs between random completions (a hash of the text)."""
+    rewards = np.array([sum(t.encode()) % 11 / 10 for t in texts], dtype=float)
+    return rewards, {"text": rewards}
+
+
+class Dying:
+    """A config whose ``save_yaml`` (the last write before the rename) kills the process."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def save_yaml(self, path):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main(argv: list[str]) -> None:
@@ -101,7 +130,7 @@ def main(argv: list[str]) -> None:
         if mode == "step":
             step(cfg, out)
         else:
-            stop = int(argv[argv.index("--stop-after") + 1]) if "--stop-after" in argv else None
+            stop = int(argv[argv.index("--kill-in-save") + 1]) if "--kill-in-save" in argv else None
             train_run(cfg, out, "--resume" in argv, stop)
     finally:
         shutdown()

@@ -23,6 +23,8 @@ import random
 import re
 import shutil
 import sys
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +159,14 @@ def find_resumable(output_dir: Path, resume: str | bool) -> list[Path]:
 # ------------------------------------------------------------------ save / load
 
 
+@contextmanager
+def _single_process_quiet():
+    """torch.distributed.checkpoint warns when one process saves alone: that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def _dcp_state(model, optimizer):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
@@ -174,7 +184,8 @@ def save_checkpoint(path: Path, run_state: dict, model, optimizer, dist: Dist, c
         tmp.mkdir(parents=True)
     barrier(dist)
     (model_sd, optim_sd), _ = _dcp_state(model, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "state"))
+    with _single_process_quiet():
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "state"))
     rngs = gather_objects(rng_state(), dist)
     barrier(dist)
     if dist.is_main:
@@ -182,6 +193,8 @@ def save_checkpoint(path: Path, run_state: dict, model, optimizer, dist: Dist, c
                    tmp / "trainer_state.pt")  # fmt: skip
         cfg.save_yaml(tmp / "config.yaml")
         (tmp / "checkpoint.json").write_text(json.dumps({"files": _manifest(tmp)}, indent=1))
+        if path.exists():  # a broken one this run fell back from
+            shutil.rmtree(path)
         tmp.rename(path)
     barrier(dist)
 
@@ -190,7 +203,7 @@ def load_checkpoint(ckpt: Path, model, optimizer, dist: Dist) -> dict:
     """Load ``ckpt`` into ``model``/``optimizer`` and this rank's RNG; return the trainer
     state (``step``, ``epoch``, ``position``, ``scheduler``). Raises :class:`CheckpointError`."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     blob = verify(ckpt)
     if blob["world_size"] != dist.world_size:
@@ -198,12 +211,15 @@ def load_checkpoint(ckpt: Path, model, optimizer, dist: Dist) -> dict:
             f"{ckpt} was written by {blob['world_size']} rank(s); resume it with the same "
             f"number (this run has {dist.world_size})"
         )
-    (model_sd, optim_sd), options = _dcp_state(model, optimizer)
+    (model_sd, optim_sd), _ = _dcp_state(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
     try:
-        dcp.load(state, checkpoint_id=str(ckpt / "state"))
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=str(ckpt / "state"))
     except Exception as err:
         raise CheckpointError(f"{ckpt}/state cannot be read: {err}") from err
+    # frozen parameters are not in the checkpoint: they keep the weights loaded from the base
+    options = StateDictOptions(ignore_frozen_params=True, strict=False)
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optimizer"], options=options)  # fmt: skip
     set_rng_state(blob["rng"][dist.rank])

@@ -87,6 +87,19 @@ class Run:
         return compute_context(self.dist, self.compute_dtype, self.master_dtype)
 
 
+def precision(cfg: TrainConfig, device: str) -> tuple[torch.dtype, torch.dtype]:
+    """(compute dtype, master dtype): weights and optimiser state stay float32 unless
+    ``pure_bf16`` (which warns: small updates round away in bfloat16)."""
+    from trainer.policy import _torch_dtype
+
+    compute = _torch_dtype(cfg.dtype, device)
+    if not cfg.pure_bf16:
+        return compute, torch.float32
+    warnings.warn("pure_bf16: weights and AdamW state in bfloat16, so an update below half "
+                  "a bfloat16 step (lr 1e-6 on weights ~0.02) rounds away", stacklevel=2)  # fmt: skip
+    return torch.bfloat16, torch.bfloat16
+
+
 def _check_memory(cfg: TrainConfig, dist) -> None:
     """The memory plan's verdict before anything is loaded (CUDA, or gpu_memory_gib given)."""
     gpu_gib = cfg.gpu_memory_gib
@@ -138,7 +151,7 @@ def setup_run(cfg: TrainConfig, resume=None, overwrite: bool = False, progress: 
     from trainer import checkpoint as ck
     from trainer.data import GroundingDataset
     from trainer.distributed import barrier, init_distributed
-    from trainer.policy import _torch_dtype, seed_everything
+    from trainer.policy import seed_everything
     from trainer.rewards import TaskReward
     from trainer.rollout import make_engine
 
@@ -149,11 +162,7 @@ def setup_run(cfg: TrainConfig, resume=None, overwrite: bool = False, progress: 
         ck.check_fresh_output(out, overwrite, delete=dist.is_main)
     barrier(dist)
     _check_memory(cfg, dist)
-    compute = _torch_dtype(cfg.dtype, dist.device)
-    master = compute if cfg.pure_bf16 else torch.float32
-    if cfg.pure_bf16:
-        warnings.warn("pure_bf16: weights and AdamW state in bfloat16; updates below half a "
-                      "bf16 step are lost (lr 1e-6 barely moves a 7B model)", stacklevel=2)  # fmt: skip
+    compute, master = precision(cfg, dist.device)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     base = _base_model(cfg, dist, resume, progress)
