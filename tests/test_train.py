@@ -186,3 +186,49 @@ def test_checkpoint_faults_through_train(mini_demo, tmp_path, monkeypatch, capsy
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]  # rows 2 and 3 written again after resuming at step 1, once
     assert (out / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+@pytest.mark.parametrize("strategy", ["none", "fsdp2"])
+def test_zero_variance_groups_leave_the_loss_only_without_kl(beta, strategy):
+    """Group 2 has equal rewards. With beta = 0 it is out of the loss (dropped, or kept
+    with weight 0 under FSDP2 so every rank runs the same passes); with beta > 0 it stays
+    in for its KL term. The normalisers count exactly the rows and tokens in the loss."""
+    from types import SimpleNamespace
+
+    from trainer.distributed import Dist
+    from trainer.loop import Round, count_loss_terms, make_batch
+    from trainer.rollout import Completion, RolloutRequest
+
+    cfg = load_config(None, ["num_generations=2", f"beta={beta}"])
+    run = SimpleNamespace(cfg=cfg, dist=Dist(strategy=strategy))
+    prompt = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>?<|im_end|>\n"
+    reqs = [RolloutRequest(prompt, np.zeros((2, 28, 28, 3), np.uint8), 2.0) for _ in range(2)]
+    comps = [Completion(i // 2, [1] * n, "", None, "stop") for i, n in enumerate((2, 3, 4, 5))]
+    rnd = Round([], {}, {})
+    batch = make_batch(run, reqs, comps, np.array([1.0, 0.0, 0.5, 0.5]), {}, rnd.stats)
+    rnd.batches.append(batch)
+    count_loss_terms(rnd, run.dist)
+    kept = beta > 0
+    rows = 4 if kept or strategy == "fsdp2" else 2
+    assert len(batch.completion_ids) == len(batch.advantages) == rows
+    assert batch.in_loss.tolist() == [1.0, 1.0] + ([1.0, 1.0] if kept else [0.0, 0.0])[: rows - 2]
+    assert (rnd.num_sequences, rnd.num_tokens) == ((4, 14) if kept else (2, 5))
+    assert rnd.stats["zero_variance_groups"] == [0.5]
+
+
+def test_eval_steps_log_evaluation_metrics_next_to_training_metrics(mini_demo, tmp_path):
+    """eval_steps=2 over 2 steps: trainer.evaluate scores the weights of step 2 on the
+    validation shards; its overall metrics sit in step 2's row as eval/<name>."""
+    eval_shards = mini_demo["data"] / "shards" / "synthetic" / "test"
+    cfg = _cfg(mini_demo, tmp_path / "run", max_steps=2, eval_steps=2, eval_shards=eval_shards,
+               num_generations=2, max_new_tokens=48)  # fmt: skip
+    train(cfg, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not any(k.startswith("eval/") for k in rows[0])
+    scored = json.loads((tmp_path / "run" / "eval" / "step-2" / "metrics.json").read_text())
+    evals = {k[5:]: v for k, v in rows[1].items() if k.startswith("eval/")}
+    assert evals and evals == pytest.approx(
+        {k: v for k, v in scored["overall"].items() if isinstance(v, int | float)}
+    )
+    assert {"m_tIoU", "m_vIoU", "n"} <= evals.keys() and evals["n"] > 0
