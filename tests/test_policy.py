@@ -162,7 +162,7 @@ def test_logprobs_at_a_temperature_match_the_sampler(policy, batch):
     from trainer.rollout import RolloutRequest, make_engine
 
     model, processor = policy
-    prompts, videos, completions = batch
+    prompts, videos, _completions = batch
     frames, fps = videos[0]
     with torch.no_grad():
         lp1, _ = completion_logprobs(model, processor, [prompts[0]], [videos[0]], [[5, 6, 7]])
@@ -183,7 +183,7 @@ def test_logprobs_at_a_temperature_match_the_sampler(policy, batch):
     (group,) = engine.generate([request], num_generations=2, max_new_tokens=4, temperature=1.7,
                                seed=3)  # fmt: skip
     with torch.no_grad():
-        lp, mask = completion_logprobs(model, processor, [prompts[0]] * 2, [videos[0]] * 2,
+        lp, _mask = completion_logprobs(model, processor, [prompts[0]] * 2, [videos[0]] * 2,
                                        [c.token_ids for c in group], temperature=1.7)  # fmt: skip
     for i, c in enumerate(group):
         torch.testing.assert_close(lp[i, : len(c.token_ids)], torch.tensor(c.logprobs),

@@ -212,7 +212,7 @@ def test_zero_variance_groups_leave_the_loss_only_without_kl(beta, strategy):
     kept = beta > 0
     rows = 4 if kept or strategy == "fsdp2" else 2
     assert len(batch.completion_ids) == len(batch.advantages) == rows
-    assert batch.in_loss.tolist() == [1.0, 1.0] + ([1.0, 1.0] if kept else [0.0, 0.0])[: rows - 2]
+    assert batch.in_loss.tolist() == [1.0, 1.0, *([1.0, 1.0] if kept else [0.0, 0.0])[: rows - 2]]
     assert (rnd.num_sequences, rnd.num_tokens) == ((4, 14) if kept else (2, 5))
     assert rnd.stats["zero_variance_groups"] == [0.5]
 
