@@ -200,7 +200,9 @@ class TrainConfig:
         ("auto", "ddp", "fsdp2"),
     )
     fsdp_cpu_offload: bool = _f(
-        False, "fsdp2: keep the parameter and optimiser-state shards in CPU memory"
+        False,
+        "fsdp2 on CUDA: keep the parameter and optimiser-state shards in CPU memory "
+        "(the paper's ZeRO-3 offload)",
     )
     pure_bf16: bool = _f(
         False,

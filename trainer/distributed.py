@@ -79,7 +79,8 @@ def init_distributed(device: str, strategy: str = "auto", cpu_offload: bool = Fa
         return Dist(device=device)
     if strategy == "auto":
         strategy = "fsdp2" if _env_flag("ACCELERATE_USE_FSDP") else "ddp"
-    cpu_offload = cpu_offload or _env_flag("FSDP_OFFLOAD_PARAMS")
+    # offloading means CUDA -> CPU; on CPU the shards already sit in CPU memory
+    cpu_offload = (cpu_offload or _env_flag("FSDP_OFFLOAD_PARAMS")) and device.startswith("cuda")
     if device.startswith("cuda"):
         device = f"cuda:{local}"
         torch.cuda.set_device(device)

@@ -156,6 +156,10 @@ def setup_run(cfg: TrainConfig, resume=None, overwrite: bool = False, progress: 
     from trainer.rollout import make_engine
 
     dist = init_distributed(cfg.device, cfg.distributed, cfg.fsdp_cpu_offload)
+    if dist.enabled and dist.is_main:
+        offload = ", parameters and optimiser state on CPU" if dist.cpu_offload else ""
+        print(f"{dist.world_size} processes, {dist.strategy}{offload}, {dist.device} ({cfg.per_step_prompts}"
+              f" prompts each per micro-batch)", flush=True)  # fmt: skip
     out = Path(cfg.output_dir)
     if not resume:
         # refuse before touching anything; rank 0 deletes what --overwrite replaces
