@@ -170,3 +170,22 @@ def test_two_process_run_killed_in_a_save_resumes_exactly(tiny_dir, shards, tmp_
     # one writer: one metrics row per step, one final model; both ranks' shards per checkpoint
     names = sorted(p.name for p in (run / "checkpoint-3" / "state").iterdir())
     assert names == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+
+
+def test_bench_scaling_ratios_hand_computed():
+    """bench/trainer.py --parts scaling: ratios of median step times (no timing asserted)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_trainer", REPO_ROOT / "bench" / "trainer.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # 1 process: 10 s/step with the global batch, 6 s with half of it; 2 processes: 8 s.
+    # speedup 10 / 8 = 1.25, efficiency 1.25 / 2 = 0.625, weak-scaling 6 / 8 = 0.75
+    assert bench.scaling_summary(10.0, 6.0, 8.0) == pytest.approx(
+        {"speedup": 1.25, "efficiency": 0.625, "weak_efficiency": 0.75}
+    )
+    rows = [{"time/step_s": t} for t in (30.0, 4.0, 9.0, 5.0)]  # the first is warm-up
+    assert bench.median_step_s(rows) == 5.0
+    assert "scaling" in bench.PARTS and "scaling" not in bench.DEFAULT_PARTS
