@@ -189,3 +189,22 @@ def test_bench_scaling_ratios_hand_computed():
     rows = [{"time/step_s": t} for t in (30.0, 4.0, 9.0, 5.0)]  # the first is warm-up
     assert bench.median_step_s(rows) == 5.0
     assert "scaling" in bench.PARTS and "scaling" not in bench.DEFAULT_PARTS
+
+
+@pytest.mark.slow
+def test_lora_under_ddp_uses_the_policy_without_adapter_as_reference(tiny_dir, shards, tmp_path):
+    """LoRA + beta > 0 on 2 processes: the KL against the adapter-disabled policy is 0 at
+    the first step (the adapter starts as a no-op) and grows after; the final folder is a
+    plain model in which only the LoRA-wrapped projections changed."""
+    cfg = config(tiny_dir, shards, tmp_path / "run", lora_r=4, beta=0.04, learning_rate=0.05,
+                 per_step_prompts=1, temperature=1.5, distributed="ddp")  # fmt: skip
+    launch(2, "train", cfg, tmp_path)
+    rows = _rows(tmp_path / "run" / "metrics.jsonl")
+    assert rows[0]["kl"] == 0.0 and rows[-1]["kl"] > 0 and rows[0]["grad_norm"] > 0
+    from trainer.policy import load_policy
+
+    final = load_policy(tmp_path / "run" / "final", dtype="float32")[0].state_dict()
+    initial = load_policy(tiny_dir, dtype="float32")[0].state_dict()
+    assert final.keys() == initial.keys()
+    changed = {k for k in final if not torch.equal(final[k], initial[k])}
+    assert changed and all("language_model" in k and k.endswith("proj.weight") for k in changed)
