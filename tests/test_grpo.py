@@ -222,7 +222,7 @@ def test_pieces_with_global_counts_add_up_to_the_whole_batch(loss_type):
     if loss_type == "grpo":  # the mean over the 5 completions in the loss, not over 6 rows
         per_seq = [(-(adv[i]) * mask[i]).sum() / mask[i].sum() for i in range(5)]
         ratio_one, _ = grpo_loss(logp, logp.detach(), adv, mask, num_sequences=n_seq, **kw)
-        assert float(ratio_one) == pytest.approx(float(sum(per_seq) / 5), rel=1e-5)
+        assert float(ratio_one.detach()) == pytest.approx(float(sum(per_seq) / 5), rel=1e-5)
 
 
 def test_request_seeds_give_every_request_its_own_stream():
