@@ -66,7 +66,7 @@ def step(cfg: TrainConfig, out: Path) -> None:
     optimise(run, fixed_round(run))
     state = full_state_dict(run.model, run.dist)
     if run.dist.is_main:
-        torch.save({k: v.float() for k, v in state.items()}, out / "weights.pt")
+        torch.save(state, out / "weights.pt")  # as trained: the float32 master weights
 
 
 def train_run(cfg: TrainConfig, out: Path, resume: bool, kill_in_save: int | None) -> None:
