@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -35,6 +36,7 @@ STRATEGIES = ("auto", "ddp", "fsdp2")
 # modules sharded one by one under FSDP2 (class-name suffixes of Qwen2.5-VL's blocks)
 SHARDED_BLOCKS = ("DecoderLayer", "VisionBlock", "VisionTransformerPretrainedModel")
 BUCKET_ELEMENTS = 2**25  # gradients averaged per all_reduce call (DDP mode)
+WAIT = timedelta(hours=3)  # how long ranks wait in a collective for rank 0
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ def init_distributed(device: str, strategy: str = "auto", cpu_offload: bool = Fa
         torch.cuda.set_device(device)
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend=backend)
+        # rank 0 alone runs the cold start and the evaluations while the others wait
+        torch.distributed.init_process_group(backend=backend, timeout=WAIT)
     return Dist(rank, world, local, device, strategy, cpu_offload)
 
 
