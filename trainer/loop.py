@@ -194,11 +194,12 @@ def _reference_logprobs(run, b: RolloutBatch) -> torch.Tensor | None:
     if run.cfg.beta == 0:
         return None
     args = (run.processor, b.prompts, b.videos, b.completion_ids)
+    kw = {"temperature": run.cfg.temperature, "device": run.dist.device}
     with torch.no_grad(), run.compute():
         if run.ref_model is not None:
-            return completion_logprobs(run.ref_model, *args, temperature=run.cfg.temperature)[0]
+            return completion_logprobs(run.ref_model, *args, **kw)[0]
         with run.model.disable_adapter():
-            return completion_logprobs(run.model, *args, temperature=run.cfg.temperature)[0]
+            return completion_logprobs(run.model, *args, **kw)[0]
 
 
 def _batch_loss(run, rnd: Round, b: RolloutBatch) -> tuple[torch.Tensor, dict]:
@@ -208,7 +209,8 @@ def _batch_loss(run, rnd: Round, b: RolloutBatch) -> tuple[torch.Tensor, dict]:
     cfg = run.cfg
     with run.compute():
         logp, mask = completion_logprobs(run.model, run.processor, b.prompts, b.videos,
-                                         b.completion_ids, temperature=cfg.temperature)  # fmt: skip
+                                         b.completion_ids, temperature=cfg.temperature,
+                                         device=run.dist.device)  # fmt: skip
     mask = mask * b.in_loss.to(mask.device)[:, None]  # (N, L): only rows in the loss
     if b.old_logp is None:
         b.old_logp = logp.detach()  # the weights that sampled = these, before any update

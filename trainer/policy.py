@@ -126,6 +126,7 @@ def completion_logprobs(
     *,
     micro_batch: int = 4,
     temperature: float = 1.0,
+    device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each completion token given its prompt and video (differentiable).
 
@@ -138,6 +139,8 @@ def completion_logprobs(
             encoding).
         temperature: the logits are divided by it, as the sampler did, so these are the
             log-probs of the distribution the completions were sampled from.
+        device: where the inputs go (default: the parameters' device; FSDP2 with CPU
+            offload keeps the parameters on the CPU and computes on the GPU).
     Returns:
         logprobs: (N, L) float32, L = longest completion, right-padded with 0.
         mask: (N, L) float32, 1 on real completion tokens.
@@ -154,7 +157,7 @@ def completion_logprobs(
             raise ValueError(
                 f"completion {i} contains vision placeholder ids {banned.intersection(c)}"
             )
-    device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     cache: dict[tuple, dict] = {}  # (prompt, video) -> processor output
     for p, (frames, fps) in zip(prompts, videos):
         key = (p, *_same_video_key(frames, fps))

@@ -174,7 +174,8 @@ def setup_run(cfg: TrainConfig, resume=None, overwrite: bool = False, progress: 
     dataset = GroundingDataset(
         cfg.train_shards, fps=cfg.fps, max_frames=cfg.max_frames, total_pixels=cfg.total_pixels
     )
-    engine_kwargs = {"synced_gpus": dist.strategy == "fsdp2"} if cfg.rollout == "hf" else {}
+    engine_kwargs = ({"synced_gpus": dist.strategy == "fsdp2", "device": dist.device}
+                     if cfg.rollout == "hf" else {})  # fmt: skip
     engine = make_engine(cfg.rollout, model, processor, **cfg.engine_kwargs(), **engine_kwargs)
     reward_fn = TaskReward(weights=cfg.reward_weights(), template=cfg.template,
                            require_in_span=cfg.require_id_in_span, use_viou=cfg.reward_viou > 0,

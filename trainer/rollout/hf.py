@@ -20,7 +20,8 @@ class HFRolloutEngine:
     own video); the G samples of a request share one prefill and one video encoding.
 
     ``synced_gpus``: keep stepping until every rank has finished (needed when the model
-    is sharded with FSDP2, whose forward passes are collective).
+    is sharded with FSDP2, whose forward passes are collective). ``device``: where inputs
+    go (default: the parameters' device).
     """
 
     def __init__(
@@ -29,9 +30,11 @@ class HFRolloutEngine:
         processor,
         suppress_token_ids: list[int] | None = None,
         synced_gpus: bool = False,
+        device: str | None = None,
     ):
         self.model = model
         self.synced_gpus = synced_gpus
+        self.device = device
         self.processor = processor
         self.suppress_token_ids = (
             vision_token_ids(processor) if suppress_token_ids is None else list(suppress_token_ids)
@@ -78,7 +81,7 @@ class HFRolloutEngine:
     ) -> list[list[Completion]]:
         check_sampling(num_generations, max_new_tokens, temperature, top_p)
         seeds = per_request_seeds(seed, len(requests))
-        device = next(self.model.parameters()).device
+        device = torch.device(self.device or next(self.model.parameters()).device)
         config = self._generation_config(num_generations, max_new_tokens, temperature, top_p)
         was_training = self.model.training
         self.model.eval()
