@@ -1,6 +1,7 @@
 """Benchmark: the trainer's data path, the split of a GRPO step, and vLLM vs HF rollouts.
 
     python bench/trainer.py [--steps 5] [--model PATH] [--gpu | --no-gpu] [--parts data,grpo,rollout]
+    python bench/trainer.py --parts scaling --no-gpu     # 2 processes (gloo) against 1
 
 Every number is printed next to a baseline measured in the same run; nothing is asserted.
 
@@ -13,6 +14,11 @@ Every number is printed next to a baseline measured in the same run; nothing is 
    when a random model's rewards are all equal (the work is the same, the advantages are 0).
 3. rollout (CUDA only): tokens/s of the vLLM engine against HF ``generate`` on the same
    requests and sampling settings (target >= 5x).
+4. scaling (asked for with ``--parts scaling``): the median step time of ``trainer.train``
+   under ``torchrun --nproc_per_node 2`` (``per_step_prompts`` each) against one process at
+   the same global batch (twice the prompts) and at the same per-process batch. Speedup =
+   t(1 process, same global batch) / t(2 processes); efficiency = speedup / 2; weak-scaling
+   efficiency = t(1 process, same per-process batch) / t(2 processes) (1.0 is perfect).
 
 Missing inputs are built offline in the work folder: synthetic shards (4 videos of 4 s by
 default) and the tiny Qwen2.5-VL (reused from data/models/tiny-qwen2.5-vl when built).
@@ -34,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 from trainer.config import add_config_args  # noqa: E402  (cheap: no torch/transformers)
 
 DEFAULT_CONFIG = "configs/tiny_synthetic.yaml"
-PARTS = ("data", "grpo", "rollout")
+PARTS = ("data", "grpo", "rollout", "scaling")
+DEFAULT_PARTS = ("data", "grpo", "rollout")
 
 
 # ------------------------------------------------------------------ inputs
@@ -318,6 +325,64 @@ def print_rollout(r: dict) -> None:
     print(f"ratio vLLM / HF: {r['vllm_tok_s'] / r['hf_tok_s']:.2f}x   (target >= 5)")
 
 
+# ------------------------------------------------------------------ 4. scaling over processes
+
+
+def median_step_s(rows: list[dict]) -> float:
+    """Median ``time/step_s`` of the steps after the first (warm-up)."""
+    import statistics
+
+    later = [r["time/step_s"] for r in rows[1:]] or [r["time/step_s"] for r in rows]
+    return statistics.median(later)
+
+
+def scaling_summary(one_same_global: float, one_same_local: float, two: float) -> dict:
+    """Ratios of median step times (s): speedup and efficiency at the same global batch,
+    weak-scaling efficiency at the same per-process batch."""
+    speedup = one_same_global / two
+    return {"speedup": speedup, "efficiency": speedup / 2, "weak_efficiency": one_same_local / two}
+
+
+def bench_scaling(cfg, work: Path, *, progress: bool = False) -> dict:
+    """Run ``trainer.train`` three times (subprocesses, CPU): 2 processes with
+    ``per_step_prompts`` each, 1 process with twice that, 1 process with the same."""
+    import os
+    import subprocess
+
+    config = cfg.save_yaml(work / "scaling-config.yaml")
+    prompts = cfg.per_step_prompts
+    runs = {
+        "two": (2, prompts),
+        "one_same_global": (1, 2 * prompts),
+        "one_same_local": (1, prompts),
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    times = {}
+    for name, (procs, per_rank) in runs.items():
+        out = work / f"scaling-{name}"
+        launcher = (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
+                    if procs > 1 else [])  # fmt: skip
+        cmd = [sys.executable, *launcher, "-m", "trainer.train", "--config", str(config),
+               "--set", f"per_step_prompts={per_rank}", f"output_dir={out}", "device=cpu",
+               *([] if progress else ["--no-progress"])]  # fmt: skip
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"scaling run {name} failed:\n{done.stderr[-4000:]}")
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        times[name] = median_step_s(rows)
+    return {"prompts": prompts, **{f"{k}_s": v for k, v in times.items()},
+            **scaling_summary(times["one_same_global"], times["one_same_local"], times["two"])}  # fmt: skip
+
+
+def print_scaling(r: dict) -> None:
+    p = r["prompts"]
+    print(f"1 process,  {2 * p} prompts/step : {r['one_same_global_s']:8.2f} s/step")
+    print(f"1 process,  {p} prompts/step : {r['one_same_local_s']:8.2f} s/step")
+    print(f"2 processes, {p} prompts each: {r['two_s']:8.2f} s/step")
+    print(f"same global batch: speedup {r['speedup']:.2f}x, efficiency {r['efficiency']:.2f}")
+    print(f"weak-scaling efficiency (same batch per process): {r['weak_efficiency']:.2f}")
+
+
 # ------------------------------------------------------------------ CLI
 
 
@@ -334,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="run the GRPO steps on CUDA and compare vLLM with HF rollouts "
                    "(default: on when CUDA is present; --no-gpu forces the CPU)")  # fmt: skip
-    p.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    p.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                   help=f"comma list of {', '.join(PARTS)} (default: {','.join(DEFAULT_PARTS)})")  # fmt: skip
     p.add_argument(
         "--shards", type=Path, help="shard folder to read (default: build synthetic ones)"
     )
@@ -406,6 +472,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
             print(f"skipped: {reason}")
         else:
             print_rollout(bench_rollout(shards, model, cfg, num_prompts=args.rollout_prompts))
+    if "scaling" in parts:
+        print(f"\n== 2 processes (gloo, CPU) against 1 ({args.steps} steps each, median after "
+              f"the first; {cfg.num_generations} generations per prompt)")  # fmt: skip
+        print_scaling(bench_scaling(cfg, work, progress=not args.no_progress))
 
 
 def _processor(model: str):

@@ -444,8 +444,14 @@ def test_checks_drop_nan_inverted_and_outside_boxes_and_clip_the_rest():
     gt = GTObject(0, [0.0, 0.1, 0.2, 0.3, 0.4], boxes, ("a", "b", "c", "d", "e"))
     q = QueryRecord("0", "x", "referring", (0.0, 1.0), (gt,))
     cleaned, counts, reason = check_query(q, (10, 10), fps=10.0)  # frame 10x10
-    assert counts == {"boxes": 5, "nan": 1, "inverted": 1, "outside": 1, "clipped": 1,
-                      "short_frames": 6}  # fmt: skip  (0.4 .. 0.9 s)
+    assert counts == {
+        "boxes": 5,
+        "nan": 1,
+        "inverted": 1,
+        "outside": 1,
+        "clipped": 1,
+        "short_frames": 6,
+    }  # fmt: skip  (0.4 .. 0.9 s)
     g = cleaned.gt[0]
     assert g.xyxy.tolist() == [[1, 1, 5, 5], [0, 2, 4, 10]] and g.masks_rle == ("a", "d")
     assert "1 nan" in reason and "6 frames before the span's end" in reason

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainer.grpo import group_advantages, grpo_loss, truncated_is_weights
+from trainer.grpo import LOSS_TYPES, group_advantages, grpo_loss, truncated_is_weights
 
 LN = math.log
 
@@ -159,3 +159,57 @@ def test_truncated_is_weights():
     assert w.tolist()[0] == [2.0, 0.0]
     with pytest.raises(ValueError, match="cap must be > 0"):
         truncated_is_weights(rollout, rollout, cap=0)
+
+
+# ------------------------------------------------------------- accumulation and seeds
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_pieces_with_global_counts_add_up_to_the_whole_batch(loss_type):
+    """Micro-batches (or ranks) that pass the whole step's counts of what is in the loss
+    give losses whose sum has the gradient of the loss over the whole batch."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 5, requires_grad=True)  # stands in for the policy
+    logp = torch.log_softmax(logits, -1)  # (6, 5)
+    old = logp.detach() + 0.05 * torch.randn(6, 5)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, 0.0])
+    mask = torch.ones(6, 5)
+    mask[0, 3:] = 0
+    mask[4, 1:] = 0
+    mask[5] = 0  # a row outside the loss (a skipped zero-variance group)
+    kw = {"loss_type": loss_type, "max_completion_length": 5}
+    n_tok, n_seq = float(mask.sum()), 5.0
+    whole, _ = grpo_loss(logp, old, adv, mask, num_tokens=n_tok, num_sequences=n_seq, **kw)
+    (g_whole,) = torch.autograd.grad(whole, logits, retain_graph=True)
+    parts = sum(
+        grpo_loss(logp[s], old[s], adv[s], mask[s], num_tokens=n_tok, num_sequences=n_seq, **kw)[0]
+        for s in (slice(0, 2), slice(2, 6))
+    )
+    (g_parts,) = torch.autograd.grad(parts, logits)
+    torch.testing.assert_close(parts, whole)
+    torch.testing.assert_close(g_parts, g_whole)
+    if loss_type == "grpo":  # the mean over the 5 completions in the loss, not over 6 rows
+        per_seq = [(-(adv[i]) * mask[i]).sum() / mask[i].sum() for i in range(5)]
+        ratio_one, _ = grpo_loss(logp, logp.detach(), adv, mask, num_sequences=n_seq, **kw)
+        assert float(ratio_one.detach()) == pytest.approx(float(sum(per_seq) / 5), rel=1e-5)
+
+
+def test_request_seeds_give_every_request_its_own_stream():
+    from trainer.rollout import per_request_seeds, request_seeds
+
+    seeds = {
+        (step, micro, rank, r): s
+        for step in range(3)
+        for micro in range(2)
+        for rank in range(2)
+        for r, s in enumerate(request_seeds(42, step, micro, rank, n=3))
+    }
+    assert len(set(seeds.values())) == len(seeds) == 36  # no two requests share a seed
+    assert seeds[(0, 0, 0, 1)] != seeds[(1, 0, 0, 0)]  # step s request r+1 != step s+1 request r
+    assert seeds[(0, 0, 0, 0)] != seeds[(0, 1, 0, 0)]  # micro-batches 0 and 1 differ
+    assert request_seeds(42, 1, 0, 0, n=3) == request_seeds(42, 1, 0, 0, n=3)  # reproducible
+    assert all(0 <= s < 2**63 for s in seeds.values())
+    assert per_request_seeds(7, 2) == request_seeds(7, n=2)
+    assert per_request_seeds([5, 6], 2) == [5, 6] and per_request_seeds(None, 2) == [None, None]
+    with pytest.raises(ValueError, match="3 seeds for 2 requests"):
+        per_request_seeds([1, 2, 3], 2)

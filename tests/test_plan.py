@@ -120,3 +120,28 @@ def test_shipped_configs_fit_their_stated_hardware(config, gpus, capsys):
     assert "FITS" in out and "vLLM KV cache" in out
     assert main(["--config", config, "--gpus", str(gpus), "--gpu-memory-gib", "16"]) == 1
     assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+def test_train_refuses_a_config_the_plan_says_cannot_fit_before_loading(tiny_dir, tmp_path):
+    from trainer.train import train
+
+    out = tmp_path / "run"
+    cfg = load_config(
+        "configs/tiny_synthetic.yaml",
+        [f"model={tiny_dir}", f"output_dir={out}", "gpu_memory_gib=0.001", "max_steps=1"],
+    )
+    with pytest.raises(ValueError, match="DOES NOT FIT") as err:
+        train(cfg, progress=False)
+    assert "optimiser state" in str(err.value)
+    assert not out.exists()  # refused before the run folder, the model or the shards were touched
+
+
+def test_plan_follows_pure_bf16(tiny_dir):
+    cfg = load_config("configs/tiny_synthetic.yaml", [f"model={tiny_dir}"])
+    bf16 = load_config(
+        "configs/tiny_synthetic.yaml", [f"model={tiny_dir}", "pure_bf16=true", "dtype=bfloat16"]
+    )
+    full, half = memory_plan(cfg, 1, 80), memory_plan(bf16, 1, 80)
+    for name in ("parameters", "gradients", "optimiser state"):
+        # optimiser state also holds AdamW's 4-byte step counter per tensor, so not exactly 1/2
+        assert half.line(name).gpu == pytest.approx(full.line(name).gpu / 2, rel=0.02)

@@ -153,3 +153,38 @@ def test_a_few_steps_raise_the_likelihood_of_a_target(tiny_dir, batch):
     # Starts near uniform (-log 4118 = -8.3 per token) and must climb well above it.
     assert history[0] == pytest.approx(-8.32, abs=0.5)
     assert history[-1] > history[0] + 4
+
+
+def test_logprobs_at_a_temperature_match_the_sampler(policy, batch):
+    """completion_logprobs(temperature=T) is log softmax(logits / T), and equals what the
+    HF engine reports for the tokens it sampled at T (old, rollout and new log-probs then
+    describe one distribution at any temperature)."""
+    from trainer.rollout import RolloutRequest, make_engine
+
+    model, processor = policy
+    prompts, videos, _completions = batch
+    frames, fps = videos[0]
+    with torch.no_grad():
+        lp1, _ = completion_logprobs(model, processor, [prompts[0]], [videos[0]], [[5, 6, 7]])
+        lp2, _ = completion_logprobs(model, processor, [prompts[0]], [videos[0]], [[5, 6, 7]],
+                                     temperature=2.0)  # fmt: skip
+        inputs = video_inputs(processor, prompts[0], frames, fps)
+        ids = torch.cat([inputs["input_ids"], torch.tensor([[5, 6, 7]])], dim=1)
+        types = torch.cat([inputs["mm_token_type_ids"], torch.zeros(1, 3, dtype=torch.long)], 1)
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=types,
+                       pixel_values_videos=inputs["pixel_values_videos"],
+                       video_grid_thw=inputs["video_grid_thw"],
+                       second_per_grid_ts=inputs["second_per_grid_ts"]).logits[0, -4:-1]  # fmt: skip
+    expected = (logits / 2.0).log_softmax(-1).gather(-1, torch.tensor([[5], [6], [7]]))[:, 0]
+    torch.testing.assert_close(lp2[0], expected, atol=1e-5, rtol=1e-5)
+    assert (lp2 - lp1).abs().max() > 1e-4  # the temperature does change them
+    engine = make_engine("hf", model, processor)
+    request = RolloutRequest(prompts[0], frames, fps)
+    (group,) = engine.generate([request], num_generations=2, max_new_tokens=4, temperature=1.7,
+                               seed=3)  # fmt: skip
+    with torch.no_grad():
+        lp, _mask = completion_logprobs(model, processor, [prompts[0]] * 2, [videos[0]] * 2,
+                                       [c.token_ids for c in group], temperature=1.7)  # fmt: skip
+    for i, c in enumerate(group):
+        torch.testing.assert_close(lp[i, : len(c.token_ids)], torch.tensor(c.logprobs),
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip

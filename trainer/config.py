@@ -78,7 +78,7 @@ class TrainConfig:
     num_generations: int = _f(8, "completions sampled per prompt (the GRPO group size G)")
     per_step_prompts: int = _f(
         2,
-        "prompts per micro-batch; one optimiser step sees per_step_prompts x gradient_accumulation_steps prompts",
+        "prompts per micro-batch and rank; one optimiser step sees per_step_prompts x ranks x gradient_accumulation_steps prompts",
     )
     gradient_accumulation_steps: int = _f(
         1, "micro-batches of per_step_prompts prompts accumulated into one optimiser step"
@@ -142,7 +142,8 @@ class TrainConfig:
     # ---- model runtime
     dtype: str = _f(
         "auto",
-        "weights dtype ('auto': bfloat16 on CUDA, float32 on CPU)",
+        "compute dtype ('auto': bfloat16 on CUDA, float32 on CPU); trained weights and AdamW "
+        "state stay float32 unless pure_bf16",
         ("auto", "float32", "bfloat16", "float16"),
     )
     device: str = _f("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -198,6 +199,31 @@ class TrainConfig:
     report_to: list[str] = field(
         default_factory=lambda: ["jsonl"],
         metadata={"help": "metric sinks: jsonl (always useful), tensorboard"},
+    )
+
+    # ---- distributed, precision and memory
+    distributed: str = _f(
+        "auto",
+        "with several processes (torchrun / accelerate launch): ddp (whole model per rank, "
+        "gradients averaged) or fsdp2 (parameters, gradients and optimiser state sharded per "
+        "layer); auto: fsdp2 when accelerate launch has an FSDP config, else ddp",
+        ("auto", "ddp", "fsdp2"),
+    )
+    fsdp_cpu_offload: bool = _f(
+        False,
+        "fsdp2 on CUDA: keep the parameter and optimiser-state shards in CPU memory "
+        "(the paper's ZeRO-3 offload)",
+    )
+    pure_bf16: bool = _f(
+        False,
+        "keep weights and AdamW state in bfloat16 (no float32 master copy; warns): half the "
+        "memory, but updates smaller than half a bf16 step (lr 1e-6) round away. Default: "
+        "float32 master weights, compute in `dtype`",
+    )
+    gpu_memory_gib: float | None = _f(
+        None,
+        "check the memory plan against this much memory per device before loading; default: "
+        "the CUDA device's total memory, no check on CPU",
     )
 
     def __post_init__(self):
@@ -396,6 +422,14 @@ def _check_setup(c: TrainConfig) -> list[str]:
     bad_sinks = sorted(set(c.report_to) - {"jsonl", "tensorboard"})
     if bad_sinks:
         p.append(f"report_to has unknown sinks {bad_sinks}; use jsonl and/or tensorboard")
+    if c.lora_r > 0 and c.distributed == "fsdp2":
+        p.append("distributed='fsdp2' shards full fine-tunes; train LoRA with distributed='ddp'")
+    if c.dtype == "float16":
+        p.append("dtype='float16' is not supported for training (no loss scaling): use bfloat16")
+    if c.pure_bf16 and c.dtype not in ("auto", "bfloat16"):
+        p.append(f"pure_bf16 keeps bfloat16 weights, but dtype={c.dtype!r}")
+    if c.gpu_memory_gib is not None and not c.gpu_memory_gib > 0:
+        p.append(f"gpu_memory_gib={c.gpu_memory_gib} must be > 0 (or null)")
     return p
 
 

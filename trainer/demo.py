@@ -133,7 +133,7 @@ def run_demo(
         *train_overrides,
     ]
     cfg = load_config(resolve(train_config), overrides)
-    final = train(cfg, progress=progress)
+    final = train(cfg, progress=progress, overwrite=True)  # a demo run always starts afresh
     timings["train_s"] = time.perf_counter() - t
 
     t = _step("4/6 evaluation: trained models and baselines")

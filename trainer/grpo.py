@@ -5,11 +5,11 @@ Shapes: B prompts, G generations each, N = B·G completions, L completion tokens
 
 Normalisations follow TRL's GRPO trainer (``loss_type``):
 - ``"grpo"``: mean over each sequence's tokens, then mean over sequences (length-biased);
-- ``"dapo"``: sum over all tokens / number of tokens (of the whole optimiser step when
-  ``num_tokens`` is given, which makes gradient accumulation exact);
+- ``"dapo"``: sum over all tokens / number of tokens;
 - ``"dr_grpo"``: sum over all tokens / (N · max_completion_length), a constant.
-With gradient accumulation, divide ``grpo``/``dr_grpo`` losses by the number of micro-
-batches; pass the step's token count as ``num_tokens`` for ``dapo`` instead.
+With gradient accumulation or several ranks, pass the whole step's counts of what is in the
+loss (``num_tokens`` for ``dapo``, ``num_sequences`` for ``grpo``/``dr_grpo``): the losses of
+the pieces then add up to the loss of the whole batch, so accumulation is exact.
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def grpo_loss(
     max_completion_length: int | None = None,
     importance_weights: torch.Tensor | None = None,
     num_tokens: float | None = None,
+    num_sequences: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped token-level policy loss (+ β·KL), normalised as ``loss_type`` says.
 
@@ -111,6 +112,7 @@ def grpo_loss(
         advantages: (N,) per completion.
         mask: (N, L) 1 for completion tokens, 0 for padding.
         num_tokens: ``dapo`` normaliser (defaults to ``mask.sum()``).
+        num_sequences: ``grpo``/``dr_grpo`` number of completions (defaults to N).
 
     Returns:
         loss (scalar) and stats: ``clip_low`` (fraction of tokens with ρ < 1-ε_low and
@@ -147,14 +149,15 @@ def grpo_loss(
         if beta != 0.0:
             per_token = per_token + beta * kl
 
+    seqs = logp.shape[0] if num_sequences is None else max(float(num_sequences), 1.0)
     if loss_type == "grpo":
         per_seq = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (N,)
-        loss = per_seq.mean()
+        loss = per_seq.sum() / max(seqs, 1)
     elif loss_type == "dapo":
         denom = mask.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0)
         loss = (per_token * mask).sum() / denom
     else:  # dr_grpo
-        loss = (per_token * mask).sum() / (logp.shape[0] * max_completion_length)
+        loss = (per_token * mask).sum() / (seqs * max_completion_length)
 
     with torch.no_grad():
         stats = {

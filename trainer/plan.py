@@ -181,7 +181,9 @@ def _state_lines(cfg, sizes, world_size: int, strategy: str, cpu_offload: bool) 
     full = cfg.lora_r == 0
     shard = world_size if strategy == "fsdp2" else 1
     P, T = sizes.total, sizes.trainable
-    frozen_bytes = 4 if full else b  # full: every weight is an fp32 master; LoRA: base in bf16
+    m = 2 if cfg.pure_bf16 else 4  # master weights, gradients, AdamW moments: fp32 unless pure_bf16
+    master = "bf16" if cfg.pure_bf16 else "fp32"
+    frozen_bytes = m if full else b  # full: every weight is a master; LoRA: base in compute dtype
     ddp_copy = 2 if strategy == "ddp" and world_size > 1 else 1
 
     def place(name, nbytes, note):  # sharded state: on the GPU, or in host memory when offloaded
@@ -194,18 +196,18 @@ def _state_lines(cfg, sizes, world_size: int, strategy: str, cpu_offload: bool) 
     lines = [
         place(
             "parameters",
-            T * 4 + (P - T) * frozen_bytes,
-            f"{T:,} trained fp32, {P - T:,} frozen; {split}",
+            T * m + (P - T) * frozen_bytes,
+            f"{T:,} trained {master}, {P - T:,} frozen; {split}",
         ),
         place(
             "gradients",
-            T * 4 * ddp_copy,
-            "fp32" + (", DDP buckets copy them" if ddp_copy > 1 else ""),
+            T * m * ddp_copy,
+            master + (", DDP buckets copy them" if ddp_copy > 1 else ""),
         ),
         place(
             "optimiser state",
-            T * 8 + sizes.trainable_tensors * 4,
-            "AdamW exp_avg + exp_avg_sq, fp32",
+            T * 2 * m + sizes.trainable_tensors * 4,
+            f"AdamW exp_avg + exp_avg_sq, {master}",
         ),
         place("reference model", ref, why),
     ]
@@ -320,18 +322,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--strategy",
         choices=STRATEGIES,
-        help="fsdp2 or ddp (default: fsdp2 for a full fine-tune on several GPUs, else ddp)",
+        help="fsdp2 or ddp (default: the config's `distributed`; auto: fsdp2 for a full "
+        "fine-tune on several GPUs, else ddp)",
     )
     parser.add_argument(
-        "--cpu-offload", action="store_true", help="FSDP2 shards in host memory (as ZeRO-3 offload)"
+        "--cpu-offload",
+        action="store_true",
+        help="FSDP2 shards in host memory, as ZeRO-3 offload (default: the config's "
+        "fsdp_cpu_offload)",
     )
     args = parser.parse_args(argv)
+    cfg = config_from_args(args)
     plan = memory_plan(
-        config_from_args(args),
+        cfg,
         args.gpus,
         args.gpu_memory_gib,
-        strategy=args.strategy,
-        cpu_offload=args.cpu_offload,
+        strategy=args.strategy or (None if cfg.distributed == "auto" else cfg.distributed),
+        cpu_offload=args.cpu_offload or (cfg.fsdp_cpu_offload and args.gpus > 1),
     )
     print(plan.table())
     return 0 if plan.fits else 1

@@ -121,6 +121,8 @@ def completion_logprobs(
     completion_ids: Sequence[Sequence[int]],
     *,
     micro_batch: int = 4,
+    temperature: float = 1.0,
+    device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each completion token given its prompt and video (differentiable).
 
@@ -131,6 +133,10 @@ def completion_logprobs(
         completion_ids: N token-id lists (may end with <|im_end|>).
         micro_batch: samples per forward pass (a multiple of G keeps each video to one
             encoding).
+        temperature: the logits are divided by it, as the sampler did, so these are the
+            log-probs of the distribution the completions were sampled from.
+        device: where the inputs go (default: the parameters' device; FSDP2 with CPU
+            offload keeps the parameters on the CPU and computes on the GPU).
     Returns:
         logprobs: (N, L) float32, L = longest completion, right-padded with 0.
         mask: (N, L) float32, 1 on real completion tokens.
@@ -147,7 +153,7 @@ def completion_logprobs(
             raise ValueError(
                 f"completion {i} contains vision placeholder ids {banned.intersection(c)}"
             )
-    device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     cache: dict[tuple, dict] = {}  # (prompt, video) -> processor output
     for p, (frames, fps) in zip(prompts, videos):
         key = (p, *_same_video_key(frames, fps))
@@ -162,7 +168,7 @@ def completion_logprobs(
         rows = list(range(start, min(n, start + micro_batch)))
         feats = [cache[(prompts[i], *_same_video_key(*videos[i]))] for i in rows]
         comps = [list(completion_ids[i]) for i in rows]
-        lp_mb = _micro_batch_logprobs(model, tok, feats, comps, device)  # (B, w_mb)
+        lp_mb = _micro_batch_logprobs(model, tok, feats, comps, device, temperature)  # (B, w_mb)
         rows_out.append(torch.nn.functional.pad(lp_mb, (0, width - lp_mb.shape[1])))
     lp = torch.cat(rows_out, dim=0)  # (N, width)
     lengths = torch.tensor([len(c) for c in completion_ids], device=device)
@@ -170,7 +176,7 @@ def completion_logprobs(
     return lp * mask, mask
 
 
-def _micro_batch_logprobs(model, tok, feats, comps, device) -> torch.Tensor:
+def _micro_batch_logprobs(model, tok, feats, comps, device, temperature=1.0) -> torch.Tensor:
     """(B, w) log-probs for one micro-batch, w = its longest completion. Sequences are
     left-padded so that every completion ends at the last position and one slice of
     logits covers them all."""
@@ -223,6 +229,8 @@ def _micro_batch_logprobs(model, tok, feats, comps, device) -> torch.Tensor:
         # peak is one (k, V) float32 block and left-padding positions are never scored.
         k = len(c)
         lg = logits[r, width - k : width].float()  # (k, V)
+        if temperature not in (0.0, 1.0):
+            lg = lg / temperature
         tgt = targets[r, width - k :]  # (k,)
         row = lg.gather(-1, tgt[:, None])[:, 0] - lg.logsumexp(-1)  # (k,)
         rows.append(torch.nn.functional.pad(row, (0, width - k)))  # right-padded to (width,)

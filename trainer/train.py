@@ -1,124 +1,47 @@
 """GRPO training of Qwen2.5-VL to answer *which* instance IDs and *when*.
 
     python -m trainer.train --config configs/tiny_synthetic.yaml [--set key=value ...] [--resume]
-    accelerate launch --num_processes 8 -m trainer.train --config configs/qwen2_5_vl_7b.yaml
+    torchrun --nproc_per_node 2 -m trainer.train --config configs/tiny_synthetic.yaml
+    accelerate launch --config_file configs/accelerate/fsdp2.yaml -m trainer.train --config ...
 
-One readable loop: sample prompts -> rollouts (HF generate or vLLM) -> rewards ->
-group-normalised advantages -> clipped token-level loss -> optimiser step -> push
-weights to the rollout engine -> log -> checkpoint. The math lives in
-:mod:`trainer.grpo`, the rewards in :mod:`trainer.rewards`, model I/O in
-:mod:`trainer.policy` and :mod:`trainer.rollout`.
+The loop, step by step (:func:`train`): set up a run (process group, model, engine, data,
+resume); then per round: collect rollouts and rewards into rollout batches
+(:func:`trainer.loop.collect_round`), take ``num_iterations`` optimiser steps on them
+(:func:`trainer.loop.optimise`), log, evaluate, checkpoint; finally save the model as a
+Hugging Face folder. The math lives in :mod:`trainer.grpo`, the rewards in
+:mod:`trainer.rewards`, model I/O in :mod:`trainer.policy` and :mod:`trainer.rollout`,
+multi-process code in :mod:`trainer.distributed`, checkpoints in :mod:`trainer.checkpoint`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
+import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from trainer.checkpoint import TrainState
 from trainer.config import TrainConfig, add_config_args, config_from_args
 
 
-@dataclass
-class TrainState:
-    """Everything beyond model/optimizer/scheduler needed to continue exactly."""
-
-    step: int = 0  # optimiser steps taken
-    epoch: int = 0
-    position: int = 0  # next index into this epoch's order
-
-
-class PromptSampler:
-    """Epoch-wise shuffled order over the dataset, resumable from (epoch, position)."""
-
-    def __init__(self, size: int, seed: int, state: TrainState):
-        if size == 0:
-            raise ValueError("the training shards hold no matched queries: check the manifest")
-        self.size, self.seed, self.state = size, seed, state
-
-    def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng(self.seed + epoch).permutation(self.size)
-
-    def take(self, n: int) -> list[int]:
-        out = []
-        order = self._order(self.state.epoch)
-        while len(out) < n:
-            if self.state.position >= self.size:
-                self.state.epoch += 1
-                self.state.position = 0
-                order = self._order(self.state.epoch)
-            out.append(int(order[self.state.position]))
-            self.state.position += 1
-        return out
-
-
-def _rng_state() -> dict:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return ckpts[-1] if ckpts else None
-
-
-def save_checkpoint(
-    path: Path, model, processor, optimizer, scheduler, state: TrainState, cfg
-) -> None:
-    """Write to a temp folder, then rename: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "model")
-    processor.save_pretrained(tmp / "model")
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "state": vars(state),
-            "rng": _rng_state(),
-        },
-        tmp / "trainer_state.pt",
-    )
-    cfg.save_yaml(tmp / "config.yaml")
-    tmp.rename(path)
-
-
 class MetricsLogger:
-    """JSONL always; TensorBoard when asked for."""
+    """JSONL always; TensorBoard when asked for (``purge_step`` drops events logged after
+    a resumed checkpoint)."""
 
-    def __init__(self, output_dir: Path, report_to: Sequence[str]):
+    def __init__(self, output_dir: Path, report_to: Sequence[str], purge_step: int | None = None):
         self.path = output_dir / "metrics.jsonl"
         self.tb = None
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(output_dir / "tensorboard"))
+            self.tb = SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge_step)
 
     def log(self, step: int, metrics: dict) -> None:
         with self.path.open("a") as f:
@@ -134,286 +57,294 @@ class MetricsLogger:
             self.tb.close()
 
 
-def train(cfg: TrainConfig, resume: str | bool | None = None, progress: bool = True) -> Path:
-    """Run GRPO as configured; returns the folder of the final model."""
-    from tqdm import tqdm
-    from transformers import get_scheduler
+@dataclass
+class Run:
+    """What one training run holds; built by :func:`setup_run`."""
 
-    from trainer.data import GroundingDataset
-    from trainer.grpo import group_advantages, grpo_loss, truncated_is_weights
-    from trainer.policy import (
-        completion_logprobs,
-        load_policy,
-        resolve_device,
-        save_model,
-        seed_everything,
-    )
-    from trainer.rewards import TaskReward
-    from trainer.rollout import build_requests, make_engine
+    cfg: TrainConfig
+    dist: object  # trainer.distributed.Dist
+    output_dir: Path
+    model: torch.nn.Module  # sharded under FSDP2
+    processor: object
+    ref_model: torch.nn.Module | None  # None: no KL, or LoRA (adapter disabled)
+    engine: object
+    reward_fn: object
+    dataset: object
+    sampler: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    state: TrainState
+    total_steps: int
+    compute_dtype: torch.dtype
+    master_dtype: torch.dtype
+    logger: MetricsLogger | None = None  # rank 0 only
+    weights_changed: bool = False  # the engine must be given the weights before generating
+    params: list = field(default_factory=list)
 
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    ckpt = None
-    if resume:
-        ckpt = latest_checkpoint(output_dir) if resume in (True, "latest") else Path(resume)
-        if ckpt is None or not (ckpt / "trainer_state.pt").exists():
-            raise SystemExit(f"--resume: no complete checkpoint-* folder in {output_dir}")
-    # a full-model checkpoint is loaded by transformers itself (its own key mapping);
-    # a LoRA checkpoint holds only the adapter, put on top of the base model below
-    full_ckpt = ckpt is not None and not (ckpt / "model" / "adapter_config.json").exists()
-    base = cfg.model
-    if cfg.cold_start_steps > 0:
+    def compute(self):
+        from trainer.distributed import compute_context
+
+        return compute_context(self.dist, self.compute_dtype, self.master_dtype)
+
+
+def precision(cfg: TrainConfig, device: str) -> tuple[torch.dtype, torch.dtype]:
+    """(compute dtype, master dtype): weights and optimiser state stay float32 unless
+    ``pure_bf16`` (which warns: small updates round away in bfloat16)."""
+    from trainer.policy import _torch_dtype
+
+    compute = _torch_dtype(cfg.dtype, device)
+    if not cfg.pure_bf16:
+        return compute, torch.float32
+    warnings.warn("pure_bf16: weights and AdamW state in bfloat16, so an update below half "
+                  "a bfloat16 step (lr 1e-6 on weights ~0.02) rounds away", stacklevel=2)  # fmt: skip
+    return torch.bfloat16, torch.bfloat16
+
+
+def _check_memory(cfg: TrainConfig, dist) -> None:
+    """The memory plan's verdict before anything is loaded (CUDA, or gpu_memory_gib given)."""
+    gpu_gib = cfg.gpu_memory_gib
+    if gpu_gib is None and dist.device.startswith("cuda"):
+        gpu_gib = torch.cuda.get_device_properties(dist.device).total_memory / 2**30
+    if gpu_gib:
+        from trainer.plan import assert_fits
+
+        strategy = "fsdp2" if dist.strategy == "fsdp2" else "ddp"
+        offload = strategy == "fsdp2" and cfg.fsdp_cpu_offload
+        assert_fits(cfg, dist.world_size, gpu_gib, strategy=strategy, cpu_offload=offload)
+
+
+def _base_model(cfg: TrainConfig, dist, resume, progress: bool) -> str:
+    """The weights GRPO starts from: ``cfg.model``, or the cold-start model that rank 0
+    trains into ``<output_dir>/cold_start`` (kept on resume)."""
+    from trainer.distributed import barrier
+
+    if cfg.cold_start_steps <= 0:
+        return cfg.model
+    base = Path(cfg.output_dir) / "cold_start"
+    if dist.is_main and (not resume or not (base / "config.json").exists()):
         from trainer.sft import cold_start
 
-        base = str(output_dir / "cold_start")
-        # a fresh run redoes it (shards or settings may have changed); a resumed run keeps it
-        if ckpt is None or not (Path(base) / "config.json").exists():
-            cold_start(cfg, Path(base), steps=cfg.cold_start_steps, batch_size=cfg.cold_start_batch_size,
-                       learning_rate=cfg.cold_start_learning_rate, progress=progress)  # fmt: skip
-            seed_everything(cfg.seed)
-    model, processor = load_policy(
-        str(ckpt / "model") if full_ckpt else base,
-        device=device,
-        dtype=cfg.dtype,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        lora=cfg.lora_kwargs(),
-        freeze_vision=cfg.freeze_vision,
-    )
-    ref_model = None
-    if cfg.beta > 0:
-        ref_model, _ = load_policy(base, device=device, dtype=cfg.dtype)
-        ref_model.eval().requires_grad_(False)
+        cold_start(cfg, base, steps=cfg.cold_start_steps, batch_size=cfg.cold_start_batch_size,
+                   learning_rate=cfg.cold_start_learning_rate, progress=progress)  # fmt: skip
+    barrier(dist)
+    return str(base)
+
+
+def _load_models(cfg: TrainConfig, dist, base: str, compute, master):
+    from trainer.distributed import prepare_model
+    from trainer.policy import load_policy, seed_everything
+
+    seed_everything(cfg.seed)  # the same initial weights (a LoRA adapter's too) on every rank
+    model, processor = load_policy(base, device=dist.device, dtype=master,
+                                   gradient_checkpointing=cfg.gradient_checkpointing,
+                                   lora=cfg.lora_kwargs(), freeze_vision=cfg.freeze_vision)  # fmt: skip
+    model = prepare_model(model, dist, compute)
+    ref = None
+    if cfg.beta > 0 and cfg.lora_r == 0:  # LoRA: the policy with its adapter disabled
+        ref, _ = load_policy(base, device=dist.device, dtype=compute)
+        ref = prepare_model(ref.eval().requires_grad_(False), dist, compute, trainable=False)
+    return model, processor, ref
+
+
+def setup_run(cfg: TrainConfig, resume=None, overwrite: bool = False, progress: bool = True) -> Run:
+    """Process group, output folder checks, model(s), engine, data, optimiser; resume."""
+    from transformers import get_scheduler
+
+    from trainer import checkpoint as ck
+    from trainer.data import GroundingDataset
+    from trainer.distributed import barrier, init_distributed
+    from trainer.policy import seed_everything
+    from trainer.rewards import TaskReward
+    from trainer.rollout import make_engine
+
+    dist = init_distributed(cfg.device, cfg.distributed, cfg.fsdp_cpu_offload)
+    if dist.enabled and dist.is_main:
+        offload = ", parameters and optimiser state on CPU" if dist.cpu_offload else ""
+        print(f"{dist.world_size} processes, {dist.strategy}{offload}, {dist.device} ({cfg.per_step_prompts}"
+              f" prompts each per micro-batch)", flush=True)  # fmt: skip
+    out = Path(cfg.output_dir)
+    if not resume:
+        # refuse before touching anything; rank 0 deletes what --overwrite replaces
+        ck.check_fresh_output(out, overwrite, delete=dist.is_main)
+    barrier(dist)
+    _check_memory(cfg, dist)
+    compute, master = precision(cfg, dist.device)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    base = _base_model(cfg, dist, resume, progress)
+    model, processor, ref = _load_models(cfg, dist, base, compute, master)
     dataset = GroundingDataset(
         cfg.train_shards, fps=cfg.fps, max_frames=cfg.max_frames, total_pixels=cfg.total_pixels
     )
-    engine = make_engine(cfg.rollout, model, processor, **cfg.engine_kwargs())
-    reward_fn = TaskReward(
-        weights=cfg.reward_weights(),
-        template=cfg.template,
-        require_in_span=cfg.require_id_in_span,
-        use_viou=cfg.reward_viou > 0,
-        max_gap_s=cfg.max_gap_s,
-    )
+    engine_kwargs = ({"synced_gpus": dist.strategy == "fsdp2", "device": dist.device}
+                     if cfg.rollout == "hf" else {})  # fmt: skip
+    engine = make_engine(cfg.rollout, model, processor, **cfg.engine_kwargs(), **engine_kwargs)
+    reward_fn = TaskReward(weights=cfg.reward_weights(), template=cfg.template,
+                           require_in_span=cfg.require_id_in_span, use_viou=cfg.reward_viou > 0,
+                           max_gap_s=cfg.max_gap_s)  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    total_steps = cfg.total_steps(len(dataset))
-    scheduler = get_scheduler(
-        cfg.lr_scheduler,
-        optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
+    total = cfg.total_steps(len(dataset) // dist.world_size)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_training_steps=total,
+                              num_warmup_steps=int(cfg.warmup_ratio * total))  # fmt: skip
+    seed_everything(cfg.seed + dist.rank)  # dropout etc. differ per rank; sampling is seeded apart
     state = TrainState()
-    if ckpt is not None:
-        _load_checkpoint(ckpt, model, optimizer, scheduler, state)
-        engine.sync_weights(model)
-        print(f"resumed from {ckpt} at step {state.step}")
-    else:
-        (output_dir / "metrics.jsonl").unlink(missing_ok=True)
-    cfg.save_yaml(output_dir / "config.yaml")
-    sampler = PromptSampler(len(dataset), cfg.seed, state)
-    logger = MetricsLogger(output_dir, cfg.report_to)
-    G = cfg.num_generations
-    bar = tqdm(
-        total=total_steps, initial=state.step, desc="grpo", unit="step", disable=not progress
-    )
+    run = Run(cfg, dist, out, model, processor, ref, engine, reward_fn, dataset, None, optimizer,
+              scheduler, state, total, compute, master, params=params)  # fmt: skip
+    if resume:
+        _resume(run, resume)
+    elif dist.is_main:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    from trainer.loop import PromptSampler
 
-    while state.step < total_steps:
-        # ---- rollouts for one generation round (grad_accum micro-batches of prompts)
-        t_start = time.perf_counter()
-        micro = []
-        stats: dict[str, list[float]] = {}
-        t_rollout = t_reward = 0.0
-        n_tokens = 0
-        for _ in range(cfg.gradient_accumulation_steps):
-            samples = [dataset[i] for i in sampler.take(cfg.per_step_prompts)]
-            requests = build_requests(samples, processor, cfg.template)
-            t0 = time.perf_counter()
-            model.eval()
-            groups = engine.generate(
-                requests,
-                num_generations=G,
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                seed=cfg.seed + state.step,
-            )
-            t1 = time.perf_counter()
-            completions = [c for group in groups for c in group]  # (B*G,)
-            texts = [c.text for c in completions]
-            videos = [s.video for s in samples for _ in range(G)]
-            queries = [s.query for s in samples for _ in range(G)]
-            rewards_np, components = reward_fn(texts, videos, queries)
-            rewards = torch.as_tensor(rewards_np, dtype=torch.float32)  # (B*G,)
-            advantages, zero_var = group_advantages(rewards, G, scale_std=cfg.scale_rewards)
-            t_reward += time.perf_counter() - t1
-            t_rollout += t1 - t0
-            keep = torch.ones(len(completions), dtype=torch.bool)
-            if cfg.skip_zero_variance_groups:
-                keep = ~zero_var.repeat_interleave(G)
-            for k, v in components.items():
-                stats.setdefault(f"reward/{k}", []).extend(np.asarray(v, dtype=float).tolist())
-            stats.setdefault("reward/total", []).extend(rewards_np.tolist())
-            stats.setdefault("zero_variance_groups", []).append(float(zero_var.float().mean()))
-            lengths = [len(c.token_ids) for c in completions]
-            stats.setdefault("completion_length", []).extend(lengths)
-            n_tokens += sum(lengths)
-            idx = keep.nonzero().flatten().tolist()
-            if idx:
-                micro.append(
-                    {
-                        "prompts": [requests[i // G].prompt for i in idx],
-                        "videos": [(requests[i // G].frames, requests[i // G].fps) for i in idx],
-                        "completion_ids": [completions[i].token_ids for i in idx],
-                        "advantages": advantages[idx],
-                        "rollout_logp": [completions[i].logprobs for i in idx],
-                        "old_logp": None,
-                    }
-                )
-
-        # ---- num_iterations optimiser steps on this round's rollouts
-        round_tokens = sum(len(ids) for mb in micro for ids in mb["completion_ids"])
-        t_fb = 0.0
-        model.train()
-        for _iteration in range(cfg.num_iterations):
-            if state.step >= total_steps:
-                break
-            t0 = time.perf_counter()
-            for mb in micro:
-                logp, mask = completion_logprobs(
-                    model, processor, mb["prompts"], mb["videos"], mb["completion_ids"]
-                )  # (N, L), (N, L)
-                if mb["old_logp"] is None:
-                    mb["old_logp"] = (
-                        logp.detach()
-                    )  # the policy that sampled = this one, before any update
-                is_weights = None
-                if cfg.rollout == "vllm" and cfg.vllm_tis_cap and None not in mb["rollout_logp"]:
-                    # vLLM's sampler and the trainer's forward differ slightly: correct for it
-                    rollout_logp = _pad(mb["rollout_logp"], logp.shape, logp.device)  # (N, L)
-                    is_weights = truncated_is_weights(
-                        mb["old_logp"], rollout_logp, cfg.vllm_tis_cap, mask
-                    )
-                ref_logp = None
-                if ref_model is not None:
-                    with torch.no_grad():
-                        ref_logp, _ = completion_logprobs(
-                            ref_model, processor, mb["prompts"], mb["videos"], mb["completion_ids"]
-                        )
-                loss, lstats = grpo_loss(
-                    logp,
-                    mb["old_logp"],
-                    mb["advantages"].to(logp.device),
-                    mask,
-                    epsilon_low=cfg.epsilon_low,
-                    epsilon_high=cfg.epsilon_high,
-                    beta=cfg.beta,
-                    ref_logp=ref_logp,
-                    loss_type=cfg.loss_type,
-                    max_completion_length=cfg.max_new_tokens,
-                    importance_weights=is_weights,
-                    # dapo normalises by the tokens of the whole round, so accumulation is exact
-                    num_tokens=round_tokens if cfg.loss_type == "dapo" else None,
-                )
-                (loss if cfg.loss_type == "dapo" else loss / len(micro)).backward()
-                stats.setdefault("loss", []).append(float(loss.detach()))
-                for k, v in lstats.items():
-                    stats.setdefault(k, []).append(float(v))
-            grad_norm = (
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                if micro
-                else torch.tensor(0.0)
-            )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            t_fb += time.perf_counter() - t0
-            engine.sync_weights(model)
-
-            step_time = time.perf_counter() - t_start
-            metrics = {k: float(np.mean(v)) for k, v in stats.items() if len(v)}
-            metrics.update(
-                {
-                    "grad_norm": float(grad_norm),
-                    "lr": scheduler.get_last_lr()[0],
-                    "epoch": state.epoch + state.position / len(dataset),
-                    "time/rollout_s": t_rollout,
-                    "time/reward_s": t_reward,
-                    "time/forward_backward_s": t_fb,
-                    "time/step_s": step_time,
-                    "tokens_per_s": n_tokens / max(t_rollout, 1e-9),
-                }
-            )
-            if state.step % cfg.logging_steps == 0 or state.step == total_steps:
-                logger.log(state.step, metrics)
-            bar.set_postfix(
-                reward=f"{metrics.get('reward/total', 0):.3f}", loss=f"{metrics.get('loss', 0):.4f}"
-            )
-            bar.update()
-            if cfg.save_steps and state.step % cfg.save_steps == 0:
-                save_checkpoint(
-                    output_dir / f"checkpoint-{state.step}",
-                    model,
-                    processor,
-                    optimizer,
-                    scheduler,
-                    state,
-                    cfg,
-                )
-    bar.close()
-    logger.close()
-    final = output_dir / "final"
-    save_model(final, model, processor, cfg)
-    return final
+    run.sampler = PromptSampler(len(dataset), cfg.seed, state)
+    if dist.is_main:
+        cfg.save_yaml(out / "config.yaml")
+        run.logger = MetricsLogger(
+            out, cfg.report_to, purge_step=state.step + 1 if resume else None
+        )
+    return run
 
 
-def _pad(rows: list[list[float]], shape: tuple[int, int], device) -> torch.Tensor:
-    """Right-pad ragged per-token values to ``shape`` (N, L) with zeros."""
-    out = torch.zeros(shape, dtype=torch.float32, device=device)
-    for i, row in enumerate(rows):
-        n = min(len(row), shape[1])
-        out[i, :n] = torch.as_tensor(row[:n], dtype=torch.float32)
+def _resume(run: Run, resume) -> None:
+    from trainer import checkpoint as ck
+
+    if run.dist.is_main:
+        ck.clean_partial(run.output_dir)
+    candidates = ck.find_resumable(run.output_dir, resume)
+    ckpt, blob = ck.resume_from(candidates, run.model, run.optimizer, run.dist)
+    run.scheduler.load_state_dict(blob["scheduler"])
+    for k in ("step", "epoch", "position"):
+        setattr(run.state, k, int(blob[k]))
+    run.weights_changed = True
+    if run.dist.is_main:
+        ck.cut_metrics(run.output_dir / "metrics.jsonl", run.state.step)
+        print(f"resumed from {ckpt} at step {run.state.step}")
+
+
+def log_step(run: Run, rnd, stats: dict, t_start: float) -> dict:
+    """Training metrics of the step just taken, averaged over ranks (collective)."""
+    from trainer.distributed import mean_over_ranks
+
+    pooled = {**rnd.stats, **stats}
+    pooled.update({"time/rollout_s": [rnd.times["rollout"]], "time/reward_s": [rnd.times["reward"]],
+                   "time/step_s": [time.perf_counter() - t_start],
+                   "tokens_per_s": [rnd.times["tokens"] / max(rnd.times["rollout"], 1e-9)]})  # fmt: skip
+    metrics = mean_over_ranks(pooled, run.dist)
+    metrics["lr"] = run.scheduler.get_last_lr()[0]
+    metrics["epoch"] = run.state.epoch + run.state.position / len(run.dataset)
+    return metrics
+
+
+def maybe_evaluate(run: Run) -> dict:
+    """Every ``eval_steps``: score the current weights on ``eval_shards`` with
+    :func:`trainer.evaluate.evaluate` (rank 0); returns ``eval/<metric>`` values."""
+    from trainer.checkpoint import save_hf_model
+    from trainer.distributed import barrier
+
+    cfg, step = run.cfg, run.state.step
+    if not cfg.eval_steps or step % cfg.eval_steps:
+        return {}
+    folder = run.output_dir / "eval"
+    save_hf_model(folder / "model", run.model, run.processor, cfg, run.dist, run.compute_dtype)
+    out = {}
+    if run.dist.is_main:
+        from trainer.evaluate import evaluate
+
+        summary = evaluate(str(folder / "model"), Path(cfg.eval_shards), folder / f"step-{step}",
+                           template=cfg.template, max_new_tokens=cfg.max_new_tokens, fps=cfg.fps,
+                           max_frames=cfg.max_frames, total_pixels=cfg.total_pixels,
+                           max_gap_s=cfg.max_gap_s, seed=cfg.seed, progress=False)  # fmt: skip
+        out = {f"eval/{k}": float(v) for k, v in summary["overall"].items()
+               if isinstance(v, int | float)}  # fmt: skip
+    barrier(run.dist)
     return out
 
 
-def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, state: TrainState) -> None:
-    """Optimizer, scheduler, data position and RNG (and LoRA adapter weights) of ``ckpt``."""
-    if (ckpt / "model" / "adapter_config.json").exists():
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+def maybe_checkpoint(run: Run) -> None:
+    from trainer.checkpoint import save_checkpoint
 
-        set_peft_model_state_dict(model, load_file(ckpt / "model" / "adapter_model.safetensors"))
-    blob = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    for k, v in blob["state"].items():
-        setattr(state, k, v)
-    _set_rng_state(blob["rng"])
+    cfg, state = run.cfg, run.state
+    if cfg.save_steps and state.step % cfg.save_steps == 0:
+        blob = {"step": state.step, "epoch": state.epoch, "position": state.position,
+                "scheduler": run.scheduler.state_dict()}  # fmt: skip
+        save_checkpoint(run.output_dir / f"checkpoint-{state.step}", blob, run.model,
+                        run.optimizer, run.dist, cfg)  # fmt: skip
+
+
+def train(
+    cfg: TrainConfig,
+    resume: str | bool | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Run GRPO as configured; returns the folder of the final model."""
+    from tqdm import tqdm
+
+    from trainer.checkpoint import save_hf_model
+    from trainer.loop import collect_round, optimise
+
+    run = setup_run(cfg, resume, overwrite, progress)
+    bar = tqdm(total=run.total_steps, initial=run.state.step, desc="grpo", unit="step",
+               disable=not (progress and run.dist.is_main))  # fmt: skip
+    while run.state.step < run.total_steps:
+        t_start = time.perf_counter()
+        rnd = collect_round(run)
+        for _ in range(cfg.num_iterations):
+            if run.state.step >= run.total_steps:
+                break
+            metrics = log_step(run, rnd, optimise(run, rnd), t_start)
+            metrics.update(maybe_evaluate(run))
+            if run.logger and (run.state.step % cfg.logging_steps == 0
+                               or run.state.step == run.total_steps):  # fmt: skip
+                run.logger.log(run.state.step, metrics)
+            bar.set_postfix(reward=f"{metrics.get('reward/total', 0):.3f}",
+                            loss=f"{metrics.get('loss', 0):.4f}")  # fmt: skip
+            bar.update()
+            maybe_checkpoint(run)
+    bar.close()
+    if run.logger:
+        run.logger.close()
+    final = run.output_dir / "final"
+    save_hf_model(final, run.model, run.processor, cfg, run.dist, run.compute_dtype)
+    return final
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
+    from trainer.distributed import shutdown
+
     parser = argparse.ArgumentParser(
         prog="python -m trainer.train",
-        description="GRPO training of Qwen2.5-VL on instance-ID overlaid video shards.",
+        description="GRPO training of Qwen2.5-VL on instance-ID overlaid video shards "
+        "(one process, or several under torchrun / accelerate launch).",
     )
     add_config_args(parser)
     parser.add_argument(
         "--resume",
         nargs="?",
         const="latest",
-        help="continue from the latest checkpoint in output_dir (or from the given checkpoint folder)",
+        help="continue from the latest complete checkpoint in output_dir (or from the given "
+        "checkpoint folder); needs the same number of processes as the run that wrote it",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an output_dir that holds checkpoints (deletes them, the "
+        "metrics and the final model); without it such a run is refused",
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    final = train(cfg, resume=args.resume, progress=not args.no_progress)
-    print(f"final model: {final}")
-    print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
+    try:
+        final = train(cfg, resume=args.resume, progress=not args.no_progress,
+                      overwrite=args.overwrite)  # fmt: skip
+    finally:
+        shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"final model: {final}")
+        print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
     return 0
 
 

@@ -6,6 +6,8 @@ from trainer.rollout.base import (
     RolloutRequest,
     build_requests,
     check_sampling,
+    per_request_seeds,
+    request_seeds,
 )
 
 __all__ = [
@@ -15,6 +17,8 @@ __all__ = [
     "build_requests",
     "check_sampling",
     "make_engine",
+    "per_request_seeds",
+    "request_seeds",
 ]
 
 

@@ -6,13 +6,18 @@ Two engines implement it: :class:`trainer.rollout.hf.HFRolloutEngine` (transform
 each optimiser step).
 
 ``Completion.logprobs`` are the log-probs of the sampled tokens under the engine's
-model *before* any sampling transform (temperature 1, no top-p, no token bans): the
-same quantity :func:`trainer.policy.completion_logprobs` computes, so the two can be
-compared for truncated importance sampling.
+model at the sampling temperature (logits / T; no top-p, no token bans): the same
+quantity :func:`trainer.policy.completion_logprobs` computes with ``temperature=T``, so
+the two can be compared for truncated importance sampling.
+
+Seeds: ``generate(..., seed=...)`` takes one int per request (see :func:`request_seeds`,
+which gives every request of every micro-batch, step and rank its own stream) or a single
+int from which each request's seed is derived the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -95,13 +100,21 @@ class RolloutEngine(Protocol):
         max_new_tokens: int,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """Outer list: one entry per request, in order; inner: its ``num_generations`` completions."""
+        """Outer list: one entry per request, in order; inner: its ``num_generations`` completions.
+
+        ``seed``: one per request, or one int for all (see :func:`per_request_seeds`)."""
         ...
 
     def sync_weights(self, model) -> None:
         """Make the engine generate with ``model``'s current weights."""
+        ...
+
+    @property
+    def needs_weights(self) -> bool:
+        """True when the engine holds no weights (e.g. dropped by a deep sleep): the trainer
+        must call :meth:`sync_weights` before the next ``generate`` even if nothing changed."""
         ...
 
     def sleep(self) -> None:
@@ -123,6 +136,29 @@ def check_sampling(
         )
     if not 0 < top_p <= 1 or temperature < 0:
         raise ValueError(f"need 0 < top_p <= 1 and temperature >= 0, got {top_p}, {temperature}")
+
+
+def request_seeds(*key: int, n: int) -> list[int]:
+    """``n`` independent 63-bit seeds for the requests of one call, from ``key`` (the
+    trainer passes seed, step, micro-batch, rank) through ``numpy.random.SeedSequence``:
+    different keys or request indices never share a stream."""
+    if any(int(k) < 0 for k in key):
+        raise ValueError(f"seed keys must be >= 0, got {key}")
+    children = np.random.SeedSequence([int(k) for k in key]).spawn(n)
+    return [int(c.generate_state(1, np.uint64)[0] >> np.uint64(1)) for c in children]
+
+
+def per_request_seeds(seed: int | Sequence[int] | None, n: int) -> list[int | None]:
+    """The seed of each of ``n`` requests: ``None`` (unseeded), a list of ``n`` given
+    seeds, or ``request_seeds(seed, n=n)`` for a single int."""
+    if seed is None:
+        return [None] * n
+    if isinstance(seed, int | np.integer):
+        return request_seeds(int(seed), n=n)
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds for {n} requests")
+    return seeds
 
 
 def build_requests(samples, processor, template: str = "json") -> list:

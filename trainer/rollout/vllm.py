@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +39,13 @@ import torch
 
 from trainer.data import video_metadata
 from trainer.policy import vision_token_ids
-from trainer.rollout.base import Completion, RolloutRequest, check_sampling, stop_token_ids
+from trainer.rollout.base import (
+    Completion,
+    RolloutRequest,
+    check_sampling,
+    per_request_seeds,
+    stop_token_ids,
+)
 
 # Repeated units of the model (decoder layers, vision blocks): the push gathers one at a time.
 _UNIT = re.compile(r"^(.*\.(?:layers|blocks)\.\d+)\.")
@@ -251,8 +257,10 @@ class VLLMRolloutEngine:
         max_new_tokens: int,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
     ) -> list[list[Completion]]:
+        """``seed``: one per request, or one int for all (:func:`per_request_seeds`); vLLM
+        gives child k of a request the seed ``seed + k``."""
         check_sampling(num_generations, max_new_tokens, temperature, top_p)
         if self._weights_dropped:
             raise RuntimeError(
@@ -261,7 +269,7 @@ class VLLMRolloutEngine:
         self.wake_up()
         n = num_generations if temperature > 0 else 1  # greedy: one path, copied G times
         prompts = [self._prompt(req) for req in requests]
-        seeds = [None if seed is None else seed + r * num_generations for r in range(len(requests))]
+        seeds = per_request_seeds(seed, len(requests))
         prompts, seeds, mine = self._gather_group(prompts, seeds)
         params = [self._sampling(n, max_new_tokens, temperature, top_p, s) for s in seeds]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)[mine]
@@ -348,6 +356,11 @@ class VLLMRolloutEngine:
             torch.cuda.empty_cache()
             self._check_awake(self.llm.wake_up(tags=["kv_cache"]))
         self.reset_caches()
+
+    @property
+    def needs_weights(self) -> bool:
+        """After a level-2 sleep the engine holds no weights until :meth:`sync_weights`."""
+        return self._weights_dropped
 
     def reset_caches(self) -> None:
         """Forget KV blocks and vision-encoder outputs computed with the previous weights
