@@ -92,7 +92,8 @@ def test_benchmark_runs_end_to_end_on_tiny_inputs(tmp_path, tiny_dir, capsys):
     for r in table:
         values = [float(v) for v in r[-8:]]
         assert sum(values[:4]) == pytest.approx(100.0, abs=0.05)
-        assert values[6] == pytest.approx(2 * values[5], rel=1e-3)  # 2 completions per prompt
+        # 2 completions per prompt; both printed to 2 decimals, so each may be off by 0.005
+        assert values[6] == pytest.approx(2 * values[5], abs=0.016)
     metrics = (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in metrics] == [1, 2]
 

@@ -66,8 +66,9 @@ def test_cli_help_gives_every_option_help_and_each_default_once():
 
 def test_predict_writes_a_playable_mp4_at_the_clip_rate(video_25fps, tiny_dir, tmp_path):
     out = tmp_path / "pred.mp4"
+    # not a synthetic-set video name: the synthetic detector runs only when asked for by name
     r = predict(video_25fps, "the red circle that stops", model=str(tiny_dir), out=out,
-                max_new_tokens=12)  # fmt: skip
+                max_new_tokens=12, weights="synthetic")  # fmt: skip
     assert set(r) == {"video", "query", "model", "model_source", "ids", "span_s",
                       "answered_span_s", "span_clipped", "duration_s", "format_ok", "tracks",
                       "completion", "output"}  # fmt: skip

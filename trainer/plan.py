@@ -332,7 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fsdp_cpu_offload)",
     )
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as err:  # a bad key or value: a usage error, not a traceback
+        parser.error(str(err))
     plan = memory_plan(
         cfg,
         args.gpus,

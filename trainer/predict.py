@@ -254,7 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         "else the untrained tiny model)",
     )
     p.add_argument("--out", type=Path, help="output mp4 (default: data/runs/predict/<video>.mp4)")
-    p.add_argument("--weights", help="YOLO weights (default: the committed synthetic detector)")
+    p.add_argument(
+        "--weights",
+        help="YOLO weights: a file in data/models/ (e.g. yolo11x.pt) or a path; 'synthetic' runs "
+        "the committed synthetic-shapes detector, which is also the default for the synthetic "
+        "set's own videos (other videos need --weights)",
+    )
     p.add_argument(
         "--classes", nargs="+", help="detector classes to keep, e.g. person (default: all)"
     )

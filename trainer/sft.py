@@ -108,7 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr", type=float, help="learning rate (default: the config's)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as err:  # a bad key or value: a usage error, not a traceback
+        p.error(str(err))
     out = cold_start(cfg, args.out, steps=args.steps, batch_size=args.batch_size,
                      learning_rate=args.lr, progress=not args.no_progress)  # fmt: skip
     print(f"cold-start model: {out}")

@@ -336,7 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as err:  # a bad key or value: a usage error, not a traceback
+        parser.error(str(err))
     try:
         final = train(cfg, resume=args.resume, progress=not args.no_progress,
                       overwrite=args.overwrite)  # fmt: skip
