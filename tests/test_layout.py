@@ -2,6 +2,7 @@
 
 Imports are read with :mod:`ast`, so imports inside functions (the lazy ones) count too:
 a cycle hidden behind a function-level import is still a cycle a reader has to untangle.
+Imports under ``if TYPE_CHECKING:`` do not count: they never run.
 """
 
 from __future__ import annotations
@@ -50,7 +51,17 @@ def import_graph() -> dict[str, set[str]]:
         is_pkg = path.name == "__init__.py"
         package = mod if is_pkg else mod.rpartition(".")[0]
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        typing_only = {  # `if TYPE_CHECKING:` imports never run: annotations only
+            id(n)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+            for stmt in block.body
+            for n in ast.walk(stmt)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -142,6 +153,9 @@ def test_import_graph_reads_lazy_and_relative_imports(tmp_path, monkeypatch):
     graph = import_graph()
     assert "pipeline.geometry" in graph["pipeline.records"]  # imported inside a method
     assert "trainer.rollout.hf" in graph["trainer.rollout"]  # inside make_engine
+    # annotations-only imports are not edges: config_checks names TrainConfig for types only
+    assert "trainer.config" not in graph["trainer.config_checks"]
+    assert "trainer.config_checks" in graph["trainer.config"]
 
 
 def _project_modules() -> set[str]:
