@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import supervision as sv
 
-from pipeline.runtime import ASSETS_DIR, MODELS_DIR, configure_offline, resolve
+from pipeline.runtime import ASSETS_DIR, MODELS_DIR, configure_offline, find_model_file
 
 DEFAULT_WEIGHTS_NAME = "synthetic-yolo11n.pt"
 SYNTHETIC_ALIAS = "synthetic"
@@ -44,18 +44,7 @@ def resolve_weights(weights: str | Path | None) -> Path:
                 "train it with `make detector` (python -m pipeline.synthetic.train_detector)"
             )
         return path
-    given = Path(weights).expanduser()
-    candidates = [resolve(given)]
-    if given.parent == Path("."):
-        candidates += [MODELS_DIR / "ultralytics" / given.name, MODELS_DIR / given.name]
-    for cand in candidates:
-        if cand.is_file():
-            return cand
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
-        f"detector weights {str(weights)!r} not found (looked in: {tried}). Nothing is downloaded "
-        f"at run time: copy the file to {MODELS_DIR / 'ultralytics' / given.name} or pass its path."
-    )
+    return find_model_file(weights, MODELS_DIR, "detector weights")
 
 
 class Detector:

@@ -13,26 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.runtime import MODELS_DIR, configure_offline, resolve
+from pipeline.runtime import MODELS_DIR, configure_offline, find_model_file
 
 MASK_SOURCES = ("detector", "sam2")
 
 
 def resolve_sam_weights(weights: str | Path) -> Path:
-    """The SAM 2 weights file, or a clear error saying where to put it."""
-    given = Path(weights).expanduser()
-    candidates = [resolve(given)]
-    if given.parent == Path("."):
-        candidates += [MODELS_DIR / given.name, MODELS_DIR / "ultralytics" / given.name]
-    for cand in candidates:
-        if cand.is_file():
-            return cand
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
-        f"SAM 2 weights {str(weights)!r} not found (looked in: {tried}). Nothing is downloaded "
-        f"at run time: copy the file (e.g. sam2.1_b.pt from Ultralytics' assets) to "
-        f"{MODELS_DIR / given.name} or pass its path with --sam-weights."
-    )
+    """The SAM 2 weights file (e.g. ``sam2.1_b.pt`` from Ultralytics' assets), or a clear error
+    saying where to put it."""
+    return find_model_file(weights, MODELS_DIR, "SAM 2 weights")
 
 
 class BoxPromptSegmenter:

@@ -30,6 +30,27 @@ def resolve(path: str | Path) -> Path:
     return REPO_ROOT / p
 
 
+def find_model_file(weights: str | Path, models_dir: Path, what: str) -> Path:
+    """A model file that exists locally, or a clear error saying where to put it.
+
+    A path (absolute, or relative to the working directory or the repository) is used as
+    is; a bare name such as ``yolo11x.pt`` is also looked up in ``models_dir/ultralytics/``
+    and ``models_dir/``. Nothing is ever downloaded (Ultralytics would try for a bare name).
+    """
+    given = Path(weights).expanduser()
+    candidates = [resolve(given)]
+    if given.parent == Path("."):
+        candidates += [models_dir / "ultralytics" / given.name, models_dir / given.name]
+    for cand in candidates:
+        if cand.is_file():
+            return cand
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"{what} {str(weights)!r} not found (looked in: {tried}). Nothing is downloaded at run "
+        f"time: copy the file to {models_dir / 'ultralytics' / given.name} or pass its path."
+    )
+
+
 def _local_font() -> Path | None:
     try:
         import matplotlib

@@ -78,3 +78,25 @@ def mini_demo(tmp_path_factory):
         progress=False,
     )
     return {"root": root, "data": root / "data", "out": root / "out", "summary": summary}
+
+
+# ------------------------------------------------- a small synthetic set in the HC-STVG layout
+
+
+@pytest.fixture(scope="module")
+def hc_root(tmp_path_factory):
+    """4 synthetic videos of 4 s in the HC-STVG layout (a module may override it)."""
+    from pipeline.synthetic import generate
+
+    root = tmp_path_factory.mktemp("raw")
+    generate(root, seed=3, num_train=4, num_test=0, det_train=0, det_val=0,
+             duration_s=4.0, formats=("hcstvg",), progress=False)  # fmt: skip
+    return root / "hcstvg"
+
+
+@pytest.fixture(scope="module")
+def records(hc_root):
+    """The records of ``hc_root``'s train split, read by the real adapter."""
+    from pipeline.datasets import iter_records
+
+    return list(iter_records("synthetic", "train", root=hc_root))

@@ -29,7 +29,7 @@ from pipeline.output import FAILURES, MANIFEST, OutputConflictError
 from pipeline.preprocess import main, run
 from pipeline.runtime import REPO_ROOT
 
-N_VIDEOS = 4
+N_VIDEOS = 4  # the videos of conftest's hc_root
 
 
 # --------------------------------------------------------------------------- helpers
@@ -85,23 +85,6 @@ def rows_of(folder: Path) -> dict[str, dict]:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def hc_root(tmp_path_factory) -> Path:
-    from pipeline.synthetic import generate
-
-    root = tmp_path_factory.mktemp("raw")
-    generate(root, seed=3, num_train=N_VIDEOS, num_test=0, det_train=0, det_val=0,
-             duration_s=4.0, formats=("hcstvg",), progress=False)  # fmt: skip
-    return root / "hcstvg"
-
-
-@pytest.fixture(scope="module")
-def records(hc_root):
-    from pipeline.datasets import iter_records
-
-    return list(iter_records("synthetic", "train", root=hc_root))
 
 
 @pytest.fixture(scope="module")

@@ -51,13 +51,6 @@ def hc_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def records(hc_root):
-    from pipeline.datasets import iter_records
-
-    return list(iter_records("synthetic", "train", root=hc_root))
-
-
-@pytest.fixture(scope="module")
 def reference(records, tmp_path_factory):
     """One uninterrupted single-process run: the folder every Ray run must reproduce."""
     out = tmp_path_factory.mktemp("ref") / "train"
