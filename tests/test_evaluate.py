@@ -16,9 +16,9 @@ from PIL import Image
 from pipeline.geometry import mask_to_rle
 from pipeline.records import GTObject, QueryRecord, Track
 from pipeline.shards import make_row, read_videos, write_shard
+from trainer.answer import parse_answer
 from trainer.evaluate import clip_duration_s, evaluate, main, score_sample
 from trainer.metrics import FRAME_GRID, temporal_iou
-from trainer.prompt import parse_answer
 
 SIDE = 64
 SQUARE = [10, 10, 30, 30]  # 20 x 20, area 400

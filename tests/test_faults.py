@@ -452,7 +452,7 @@ def test_case8_bad_boxes_are_dropped_clipped_and_counted(hc_root, tmp_path):
 
 
 def test_case9_a_time_that_does_not_parse_keeps_the_ids():
-    from trainer.prompt import parse_answer
+    from trainer.answer import parse_answer
 
     huge = "1" + "0" * 400
     for payload in (f'{{"ids": [1], "start": {huge}, "end": 2}}',

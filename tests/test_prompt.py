@@ -4,14 +4,8 @@ import time
 
 import pytest
 
-from trainer.prompt import (
-    TEMPLATES,
-    Answer,
-    build_messages,
-    format_answer,
-    parse_answer,
-    render_prompt,
-)
+from trainer.answer import Answer, format_answer, parse_answer
+from trainer.prompt import TEMPLATES, build_messages, render_prompt
 
 GOOD_JSON = '<think>the man walks in at 12 s</think><answer>{"ids": [3], "start": 12.5, "end": 17.8}</answer>'
 GOOD_STVG = "<think>x</think>\n<answer>Target ID: 3, Time range: 12.54 to 17.83</answer>"

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.records import GTObject, QueryRecord, Track
 from pipeline.shards import ShardVideo
-from trainer.prompt import format_answer, parse_answer
+from trainer.answer import format_answer, parse_answer
 from trainer.rewards import (
     TaskReward,
     format_reward,

@@ -185,9 +185,9 @@ def _model_answers(model, items, *, template, rollout, max_new_tokens, fps, max_
     the contract parser; a sample whose inputs cannot be built gets ``error`` instead."""
     from tqdm import tqdm
 
+    from trainer.answer import parse_answer
     from trainer.data import make_sample
     from trainer.policy import load_policy, resolve_device
-    from trainer.prompt import parse_answer
     from trainer.rollout import build_requests, make_engine
 
     device = resolve_device("auto")

@@ -180,10 +180,10 @@ def predict(
     from pipeline.processor import VideoProcessor
     from pipeline.shards import row_to_video
     from pipeline.video_io import write_mp4
+    from trainer.answer import parse_answer
     from trainer.config import inference_settings
     from trainer.data import make_sample
     from trainer.policy import load_policy, resolve_device
-    from trainer.prompt import parse_answer
     from trainer.rollout import build_requests, make_engine
 
     record = video_record(video_path, query)

@@ -1,6 +1,6 @@
 """The task reward (docs/DESIGN.md "reward"): R = w_format·format + w_time·tIoU + w_id·id (+ w_viou·vIoU).
 
-Every term is a pure function of a parsed :class:`~trainer.prompt.Answer` and plain
+Every term is a pure function of a parsed :class:`~trainer.answer.Answer` and plain
 records, in [0, 1]; anything unparsable scores 0 and nothing here raises on a
 completion's content. :class:`TaskReward` applies them to a batch of completions and
 returns the weighted total together with each raw term for logging.
@@ -15,8 +15,9 @@ import numpy as np
 
 from pipeline.records import QueryRecord, Track
 from pipeline.shards import ShardVideo
+from trainer.answer import Answer, parse_answer
 from trainer.metrics import DEFAULT_MAX_GAP_S, id_score, sample_metrics, temporal_iou
-from trainer.prompt import Answer, get_template, parse_answer
+from trainer.prompt import get_template
 
 REWARD_TERMS = ("format", "time", "id", "viou")
 DEFAULT_WEIGHTS = {"format": 1.0, "time": 1.0, "id": 1.0, "viou": 0.0}

@@ -25,7 +25,7 @@ from trainer.config import TrainConfig, add_config_args, config_from_args
 
 def sft_targets(samples, template: str, eos: str) -> list[str]:
     """The contract answer of each sample's ground truth, closed by the end-of-turn token."""
-    from trainer.prompt import format_answer
+    from trainer.answer import format_answer
 
     return [
         format_answer(s.query.target_ids, *s.query.span_s, template=template) + eos for s in samples
