@@ -165,21 +165,20 @@ def run_demo(
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _report(summary, table)
+    return summary
+
+
+def _report(summary: dict, table: str) -> None:
+    """Every output path, the prediction, the time and the metrics table."""
     print("\n== demo finished\n")
-    for key in (
-        "shards",
-        "manifest",
-        "model",
-        "train_metrics",
-        "metrics_table",
-        "overlay_video",
-        "prediction_video",
-    ):
+    paths = ("shards", "manifest", "model", "train_metrics", "metrics_table", "overlay_video",
+             "prediction_video")  # fmt: skip
+    for key in paths:
         print(f"{key:>17}: {summary[key]}")
     print(f"{'prediction':>17}: {json.dumps(summary['prediction'])}")
     print(f"{'time':>17}: {summary['timings_s']['total_s']} s")
     print("\n" + table)
-    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
