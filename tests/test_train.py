@@ -232,3 +232,40 @@ def test_eval_steps_log_evaluation_metrics_next_to_training_metrics(mini_demo, t
         {k: v for k, v in scored["overall"].items() if isinstance(v, int | float)}
     )
     assert {"m_tIoU", "m_vIoU", "n"} <= evals.keys() and evals["n"] > 0
+
+
+def test_a_round_with_nothing_in_the_loss_moves_no_weight_under_ddp():
+    """All groups skipped (equal rewards, beta = 0): no optimiser step, so AdamW's momentum
+    and weight decay cannot move the weights through DDP's zero-filled gradients (a real
+    one-rank gloo group runs the all-reduce); the step counter and schedule still advance."""
+    import socket
+    from types import SimpleNamespace
+
+    import torch.distributed as td
+
+    from trainer.checkpoint import TrainState
+    from trainer.distributed import Dist
+    from trainer.loop import Round, optimise
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 4)
+        params = list(model.parameters())
+        opt = torch.optim.AdamW(params, lr=0.1, weight_decay=0.1)
+        model(torch.ones(1, 4)).sum().backward()  # one real step: AdamW now has momentum
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        before = [p.detach().clone() for p in params]
+        run = SimpleNamespace(cfg=load_config(None, ["num_generations=2"]), model=model,
+                              dist=Dist(strategy="ddp"), params=params, optimizer=opt,
+                              scheduler=sched, state=TrainState(), weights_changed=False)  # fmt: skip
+        stats = optimise(run, Round([], {}, {}, num_tokens=0.0, num_sequences=0.0))
+        assert all(torch.equal(a, b) for a, b in zip(before, params))
+        assert run.state.step == 1 and not run.weights_changed and stats["grad_norm"] == [0.0]
+    finally:
+        td.destroy_process_group()

@@ -234,7 +234,8 @@ def optimise(run, rnd: Round) -> dict[str, list[float]]:
     Each rank's loss is scaled by the number of ranks because the gradients are averaged
     over ranks (DDP all-reduce, FSDP2 reduce-scatter): the result is the gradient of the
     loss over the global batch. A round with nothing in the loss on any rank takes no
-    backward pass (AdamW then leaves every weight as it is).
+    backward pass and no optimiser step, so every weight stays as it is under any strategy
+    (DDP's zero-filled gradients would still let AdamW's momentum and decay move them).
     """
     stats: dict[str, list[float]] = {}
     run.model.train()
@@ -249,13 +250,15 @@ def optimise(run, rnd: Round) -> dict[str, list[float]]:
         for k, v in lstats.items():
             _add(stats, k, v)
     _add(stats, "loss", total * run.dist.world_size)  # averaged over ranks: the global loss
-    average_gradients(run.params, run.dist)
-    grad_norm = clip_grad_norm(run.params, run.cfg.max_grad_norm)
-    run.optimizer.step()
+    grad_norm = 0.0
+    if rnd.num_sequences > 0:  # global, so every rank takes the same branch
+        average_gradients(run.params, run.dist)
+        grad_norm = clip_grad_norm(run.params, run.cfg.max_grad_norm)
+        run.optimizer.step()  # nothing in the loss: no step (AdamW's momentum would move weights)
+        run.weights_changed = True
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.state.step += 1
-    run.weights_changed = True
     _add(stats, "grad_norm", grad_norm)
     _add(stats, "time/forward_backward_s", time.perf_counter() - t0)
     return stats

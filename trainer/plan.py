@@ -8,7 +8,7 @@ device from the checkpoint's config.json, or from the built-in table for Qwen2.5
 Bytes follow the trainer's set-up:
 
 - trained parameters and their gradients in fp32 (master weights), AdamW's two moments in
-  fp32; compute in ``dtype`` (bf16). With LoRA the frozen base stays in the compute dtype.
+  fp32; compute in ``dtype`` (bf16). The trainer loads every weight, a LoRA's frozen base too, in the master dtype.
 - ``fsdp2`` shards parameters, gradients, optimiser state and the reference model over the
   ranks (divide by N) and all-gathers one layer at a time (plus the prefetched next one and
   the root module's parameters: embeddings, lm_head); ``cpu_offload`` moves the shards to host
@@ -183,7 +183,7 @@ def _state_lines(cfg, sizes, world_size: int, strategy: str, cpu_offload: bool) 
     P, T = sizes.total, sizes.trainable
     m = 2 if cfg.pure_bf16 else 4  # master weights, gradients, AdamW moments: fp32 unless pure_bf16
     master = "bf16" if cfg.pure_bf16 else "fp32"
-    frozen_bytes = m if full else b  # full: every weight is a master; LoRA: base in compute dtype
+    frozen_bytes = m  # the trainer loads every weight (a LoRA's frozen base too) as a master
     ddp_copy = 2 if strategy == "ddp" and world_size > 1 else 1
 
     def place(name, nbytes, note):  # sharded state: on the GPU, or in host memory when offloaded
@@ -215,8 +215,8 @@ def _state_lines(cfg, sizes, world_size: int, strategy: str, cpu_offload: bool) 
         working = (sizes.root + 2 * sizes.largest_unit) * b + sizes.largest_unit * 4
         lines.append(Line(WORKING[0], working, 0.0, "root + 2 layers, fp32 reduce"))
     else:
-        working = T * b if full and b < 4 else 0.0
-        lines.append(Line(WORKING[1], working, 0.0, "bf16 casts of trained weights"))
+        working = P * b if b < 4 else 0.0  # autocast casts every fp32 weight a matmul reads
+        lines.append(Line(WORKING[1], working, 0.0, "bf16 casts of the fp32 weights"))
     return lines
 
 

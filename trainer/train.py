@@ -109,7 +109,7 @@ def _check_memory(cfg: TrainConfig, dist) -> None:
         from trainer.plan import assert_fits
 
         strategy = "fsdp2" if dist.strategy == "fsdp2" else "ddp"
-        offload = strategy == "fsdp2" and cfg.fsdp_cpu_offload
+        offload = strategy == "fsdp2" and dist.cpu_offload  # the config's or the launcher's
         assert_fits(cfg, dist.world_size, gpu_gib, strategy=strategy, cpu_offload=offload)
 
 
@@ -158,6 +158,12 @@ def setup_run(cfg: TrainConfig, resume=None, overwrite: bool = False, progress: 
     from trainer.rollout import make_engine
 
     dist = init_distributed(cfg.device, cfg.distributed, cfg.fsdp_cpu_offload)
+    if dist.strategy == "fsdp2" and cfg.lora_r > 0:  # `auto` under an FSDP accelerate config
+        raise ValueError(
+            f"LoRA (lora_r={cfg.lora_r}) runs under DDP, not FSDP2 (chosen by distributed="
+            f"{cfg.distributed!r} and the launcher): launch with configs/accelerate/ddp.yaml or set "
+            "distributed: ddp"
+        )
     if dist.enabled and dist.is_main:
         offload = ", parameters and optimiser state on CPU" if dist.cpu_offload else ""
         print(f"{dist.world_size} processes, {dist.strategy}{offload}, {dist.device} ({cfg.per_step_prompts}"

@@ -382,6 +382,8 @@ class VLLMRolloutEngine:
             self._check_awake(self.llm.wake_up())
 
     def _check_awake(self, fully_awake: bool) -> None:
+        # vLLM 0.33: LLM.wake_up returns whether all of the engine's memory is resident again
+        # (EngineCore.wake_up); a partial wake (tags=["weights"]) returns False by design.
         if not fully_awake:
             raise RuntimeError("vLLM did not wake up fully (some of its memory is still asleep)")
         self._sleeping = False
