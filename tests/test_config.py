@@ -193,6 +193,14 @@ def test_bad_values_say_which_key(override, message):
         (["report_to=wandb"], r"report_to has unknown sinks \['wandb'\]"),
         (["vllm.tis_cap=0.5"], "vllm_tis_cap=0.5 must be >= 1"),
         (["lora.r=8", "lora.dropout=1"], "LoRA needs"),
+        (
+            ["num_iterations=2", "save_steps=3"],
+            "save_steps=3 must be a multiple of num_iterations=2",
+        ),
+        (
+            ["rollout=vllm", "device=cuda", "top_p=0.9", "vllm.tis_cap=2"],
+            r"top_p=0.9 with vllm_tis_cap=2.0: vLLM's log-probs are taken after top-p",
+        ),
     ],
 )
 def test_cross_field_errors_state_the_values(overrides, message):

@@ -113,6 +113,17 @@ def _setup_problems(c: TrainConfig) -> list[str]:
         p.append("dtype='float16' is not supported for training (no loss scaling): use bfloat16")
     if c.pure_bf16 and c.dtype not in ("auto", "bfloat16"):
         p.append(f"pure_bf16 keeps bfloat16 weights, but dtype={c.dtype!r}")
+    if c.num_iterations > 1 and c.save_steps > 0 and c.save_steps % c.num_iterations:
+        p.append(
+            f"save_steps={c.save_steps} must be a multiple of num_iterations={c.num_iterations}: "
+            "a checkpoint inside a round would lose that round's remaining optimiser steps on resume"
+        )
+    if c.rollout == "vllm" and c.vllm_tis_cap is not None and c.top_p < 1:
+        p.append(
+            f"top_p={c.top_p} with vllm_tis_cap={c.vllm_tis_cap}: vLLM's log-probs are taken after "
+            "top-p, the training forward's are not, so the importance weights would be biased; "
+            "use top_p 1 or vllm_tis_cap null"
+        )
     if c.gpu_memory_gib is not None and not c.gpu_memory_gib > 0:
         p.append(f"gpu_memory_gib={c.gpu_memory_gib} must be > 0 (or null)")
     return p

@@ -6,9 +6,12 @@ Two engines implement it: :class:`trainer.rollout.hf.HFRolloutEngine` (transform
 each optimiser step).
 
 ``Completion.logprobs`` are the log-probs of the sampled tokens under the engine's
-model at the sampling temperature (logits / T; no top-p, no token bans): the same
-quantity :func:`trainer.policy.completion_logprobs` computes with ``temperature=T``, so
-the two can be compared for truncated importance sampling.
+model at the sampling temperature (logits / T): the quantity
+:func:`trainer.policy.completion_logprobs` computes with ``temperature=T``, so the two can
+be compared for truncated importance sampling. The HF engine applies no top-p and no token
+ban to them; vLLM's processed log-probs come after its vision-token ban (negligible: those
+tokens are never sampled) and after top-p, which is why the config refuses top_p < 1
+together with truncated importance sampling.
 
 Seeds: ``generate(..., seed=...)`` takes one int per request (see :func:`request_seeds`,
 which gives every request of every micro-batch, step and rank its own stream) or a single
