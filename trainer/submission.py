@@ -29,7 +29,8 @@ from pipeline.shards import ShardVideo, atomic_file
 
 FORMAT_NOTE = (
     "per query: ids, span_s [start, end) in seconds from the clip start, span_frames "
-    "[first, end) native frame ids (frame_offset + round(t * fps)), boxes {frame id: "
+    "[first, end) native frame ids (frame_offset + the first frame at or after t: "
+    "ceil(t * fps)), boxes {frame id: "
     "[x1, y1, x2, y2]} in native pixels where the chosen tracks have a box"
 )
 
