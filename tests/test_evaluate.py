@@ -18,7 +18,7 @@ from pipeline.records import GTObject, QueryRecord, Track
 from pipeline.shards import make_row, read_videos, write_shard
 from trainer.answer import parse_answer
 from trainer.evaluate import clip_duration_s, evaluate, main, score_sample
-from trainer.metrics import FRAME_GRID, temporal_iou
+from trainer.metrics import FRAME_GRID, JF_GRID, temporal_iou
 
 SIDE = 64
 SQUARE = [10, 10, 30, 30]  # 20 x 20, area 400
@@ -167,8 +167,10 @@ def test_oracle_on_hand_built_shards(box_shards, tmp_path):
         "| oracle | 100.0 | 50.0 | 75.0 | 50.0 | 75.0 | 4 |",
         "",
         f"vIoU frames: {FRAME_GRID}.",  # the evaluated frames are stated with the numbers
+        f"J&F frames: {JF_GRID}.",
     ]
     assert s["frame_grid"] == FRAME_GRID and s["protocol"] == "official"
+    assert s["jf_frames"] == JF_GRID
     assert s["n_failed"] == 0 and s["protocols"]["official"]["n_left_out"] == 0
     first = rows[0]
     assert first["pred_ids"] == [1] and first["pred_span_s"] == [1.0, 3.0]

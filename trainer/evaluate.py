@@ -136,7 +136,7 @@ def evaluate(
     also answers the queries without ground truth and writes the benchmark file.
     """
     from pipeline.shards import write_json_atomic
-    from trainer.metrics import FRAME_GRID
+    from trainer.metrics import FRAME_GRID, JF_GRID
     from trainer.protocols import check_protocols
 
     protocols = check_protocols(protocols)
@@ -169,13 +169,16 @@ def evaluate(
         summary.update(by_protocol[protocols[0]], protocol=protocols[0], protocols=by_protocol)
     summary.update(
         frame_grid=FRAME_GRID, native_fps=sorted({float(v.native_fps) for v, _ in items}),
+        jf_frames=JF_GRID,
         n_queries=len(results),
         n_failed=sum(bool(r.get("error")) for r in results), n_skipped_no_gt=no_gt,
     )  # fmt: skip
     write_json_atomic(out_dir / "metrics.json", summary)
     if results:
         table = markdown_table({Path(model).name or model: summary})
-        (out_dir / "metrics.md").write_text(table + f"\nvIoU frames: {FRAME_GRID}.\n")
+        (out_dir / "metrics.md").write_text(
+            table + f"\nvIoU frames: {FRAME_GRID}.\nJ&F frames: {JF_GRID}.\n"
+        )
     return summary
 
 

@@ -35,6 +35,11 @@ FRAME_GRID = (
     "every native frame (k / native fps) in the union of the predicted and ground-truth "
     "spans, half-open; annotated frames at their ground-truth times"
 )
+JF_GRID = (
+    "the stored frames (out_fps) at the stored size: an approximation of the DAVIS/MeViS "
+    "toolkit, which scores every annotated frame at native size (submission files are scored "
+    "by the benchmark servers that way)"
+)
 SPAN_TOLERANCE_S = 1e-3  # a frame time this close to a span end is on it (float32 shard times)
 
 
