@@ -8,7 +8,8 @@ start time) for the refusal message. Runs with other shard indexes of the same
 ``--num-shards`` work alongside; a run with another ``--num-shards`` (whose share
 overlaps every other) is refused while any other share is being written. Starts are
 serialised by the short-lived ``_lock-folder``, so the checks and the manifest written
-after them see a consistent folder.
+after them see a consistent folder. A lock found busy is probed again for a moment
+before it counts as held: a summary (or anyone) probing a lock holds it briefly too.
 """
 
 from __future__ import annotations
@@ -58,23 +59,39 @@ def _describe(out_dir: Path, tag: str) -> str:
     return f"shard {tag} is being written by {who}{when}"
 
 
-def held_tags(out_dir: Path, skip: str | None = None) -> list[str]:
-    """Tags of the shares of ``out_dir`` whose lock a live process holds now."""
+def held_tags(
+    out_dir: Path, skip: str | None = None, wait_s: float = 0.5, num_shards: int | None = None
+) -> list[str]:
+    """Tags of the shares of ``out_dir`` whose lock a live process holds now.
+
+    A lock is probed by taking it without waiting; one that is busy is probed again until
+    ``wait_s`` has passed (all locks share that one deadline) before it counts as held,
+    since another start or a summary may be probing the same lock for a moment.
+    ``num_shards``: probe only the shares of another ``--num-shards`` split than this.
+    """
     import filelock
 
-    held = []
+    pending: dict[str, Path] = {}
     for path in sorted(out_dir.glob(f"{LOCK_PREFIX}*of*")):
         m = _TAG.match(path.name)
         if m is None or path.name == f"{LOCK_PREFIX}{skip}":
             continue
-        probe = _lock(path)
-        try:
-            probe.acquire()
-        except filelock.Timeout:
-            held.append(f"{m.group(1)}of{m.group(2)}")
-        else:
+        if num_shards is not None and int(m.group(2)) == num_shards:
+            continue
+        pending[f"{m.group(1)}of{m.group(2)}"] = path
+    deadline = time.monotonic() + wait_s
+    while True:
+        for tag, path in list(pending.items()):
+            probe = _lock(path)
+            try:
+                probe.acquire()
+            except filelock.Timeout:
+                continue
             probe.release()
-    return held
+            del pending[tag]
+        if not pending or time.monotonic() >= deadline:
+            return sorted(pending)
+        time.sleep(0.02)
 
 
 @contextlib.contextmanager
@@ -119,16 +136,16 @@ def share_lock(out_dir: Path, num_shards: int, shard_index: int) -> Iterator[str
             "or --shard-index."
         ) from None
     try:
-        overlapping = [
-            t for t in held_tags(out_dir, skip=tag) if not t.endswith(f"of{num_shards:03d}")
-        ]
-        if overlapping:
-            raise OutputLockedError(
-                f"{out_dir}: {_describe(out_dir, overlapping[0])}, a share of another "
-                f"--num-shards split that overlaps shard {tag}. Wait for it to end."
-            )
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        write_json_atomic(out_dir / f"{LOCK_PREFIX}{tag}.json", owner)
+        # inside the folder lock: two starts never probe each other's locks at once
+        with folder_lock(out_dir):
+            overlapping = held_tags(out_dir, skip=tag, num_shards=num_shards)
+            if overlapping:
+                raise OutputLockedError(
+                    f"{out_dir}: {_describe(out_dir, overlapping[0])}, a share of another "
+                    f"--num-shards split that overlaps shard {tag}. Wait for it to end."
+                )
+            owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+            write_json_atomic(out_dir / f"{LOCK_PREFIX}{tag}.json", owner)
         yield tag
     finally:
         lock.release()

@@ -103,7 +103,7 @@ def summarize_shards(out_dir: Path, max_gap_s: float) -> dict:
 
     c = dict(videos=0, queries=0, annotated=0, matched=0, exact=0, frames=0, tracks=0)
     ious, no_tracks, inexact = [], [], []
-    for path in list_shards(out_dir):
+    for path in list_shards(out_dir, recursive=False):  # the folder's own parts
         table = pq.read_table(path, columns=list(_SUMMARY_COLUMNS))
         for row in table.to_pylist():
             v = row_to_video({**row, "frames": [b""] * len(row["frame_times_s"])})
@@ -230,7 +230,8 @@ def _config_diff(old: dict, new: dict) -> str:
     return ", ".join(diffs) or "(same fields, different hash)"
 
 
-def _tag_of(manifest: Path) -> str:
+def manifest_tag(manifest: Path) -> str:
+    """The share a manifest file belongs to, from its name (``000of001`` for ``_manifest.json``)."""
     return "000of001" if manifest.name == MANIFEST else manifest.stem.split("-", 1)[1]
 
 
@@ -290,7 +291,7 @@ def prepare_output(
                 "Use another --out, or --overwrite to delete them and start again."
             )
         path.unlink()  # describes no part: stale, and so is its failure list
-        (out_dir / failures_name(_tag_of(path))).unlink(missing_ok=True)
+        (out_dir / failures_name(manifest_tag(path))).unlink(missing_ok=True)
         del manifests[path]
     if parts and not manifests:
         raise OutputConflictError(
@@ -298,11 +299,14 @@ def prepare_output(
             "made them are unknown. Use another --out, or --overwrite to delete them."
         )
     path = out_dir / manifest_name(tag)
+    index, num_shards = (int(x) for x in tag.split("of"))
     started = {
         **manifests.get(path, {}),
         **meta,
         **manifest_identity(config),
         "status": "running",
+        "num_shards": num_shards,
+        "shard_index": index,
     }
     write_json_atomic(path, started)
 

@@ -336,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pipeline.adapters import DatasetNotFoundError
     from pipeline.datasets import iter_records, load_specs
+    from pipeline.workers import WorkersDyingError
 
     specs = load_specs()
     if args.dataset not in specs:
@@ -376,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (OutputConflictError, OutputLockedError, ValueError, FileNotFoundError) as exc:
         return _error(str(exc))
+    except WorkersDyingError as exc:  # the videos in flight are in the failure list
+        return _error(f"{exc} (finished videos are kept: a rerun resumes)")
     c = manifest["counts"]
     print(
         f"{out}: {c['videos']} videos, {c['queries']} queries, matched {c['matched']}/{c['annotated']} "

@@ -169,9 +169,31 @@ class RayExecutor:
 
         actors, gpus, cpus = self._pool_size(len(todo))
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # the driver's bar is the progress display
-        ctx.print_on_execution_start = False
-        ctx.max_errored_blocks = -1  # a video whose retries ran out is reported below
+        # Ray Data's settings are process-wide: changed for this run only, restored after
+        changed = {
+            "enable_progress_bars": False,  # the driver's bar is the progress display
+            "print_on_execution_start": False,
+            "max_errored_blocks": -1,  # a video whose retries ran out is reported below
+        }
+        saved = {name: getattr(ctx, name) for name in changed}
+        for name, value in changed.items():
+            setattr(ctx, name, value)
+        try:
+            yield from self._execute(todo, config, actors, gpus, cpus)
+        finally:
+            for name, value in saved.items():
+                setattr(ctx, name, value)
+
+    def _execute(
+        self,
+        todo: Sequence[VideoRecord],
+        config: PreprocessConfig,
+        actors: int,
+        gpus: float,
+        cpus: int,
+    ) -> Iterator[Result]:
+        import ray.data
+
         items = [{"video_id": r.video_id, "record": pickle.dumps(r, protocol=5)} for r in todo]
         with warnings.catch_warnings():
             # Ray 2.60 takes an actor's restart and retry limits only as plain remote

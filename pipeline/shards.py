@@ -314,14 +314,20 @@ def write_json_atomic(path: str | Path, obj) -> Path:
 # ------------------------------------------------------------------ reading
 
 
-def list_shards(root: str | Path) -> list[Path]:
-    """Sorted shard files under ``root`` (a folder, searched recursively, or one file)."""
+def list_shards(root: str | Path, recursive: bool = True) -> list[Path]:
+    """Sorted shard files under ``root`` (a folder, searched recursively, or one file).
+
+    ``recursive=False``: the folder's own files only, as the preprocessing pipeline's
+    bookkeeping (resume, counts) reads its output folder; readers of a parent folder of
+    several splits (the trainer, evaluation) keep the recursive search.
+    """
     root = Path(root)
     if root.is_file():
         return [root]
     if not root.exists():
         raise FileNotFoundError(f"no shard folder {root}: run `make preprocess` first")
-    return sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+    found = root.rglob("*.parquet") if recursive else root.glob("*.parquet")
+    return sorted(p for p in found if not p.name.startswith("."))
 
 
 def read_videos(root: str | Path) -> Iterator[ShardVideo]:
@@ -333,12 +339,13 @@ def read_videos(root: str | Path) -> Iterator[ShardVideo]:
                 yield row_to_video(row)
 
 
-def read_video_ids(root: str | Path) -> set[str]:
-    """Video ids already present in the shards under ``root`` (used to resume)."""
+def read_video_ids(root: str | Path, recursive: bool = False) -> set[str]:
+    """Video ids already present in the shards of ``root`` (used to resume): its own
+    files only, unless ``recursive`` (see :func:`list_shards`)."""
     ids: set[str] = set()
     if not Path(root).exists():
         return ids
-    for path in list_shards(root):
+    for path in list_shards(root, recursive=recursive):
         try:
             table = pq.read_table(path, columns=["video_id"])
         except (pa.ArrowException, OSError) as exc:

@@ -87,13 +87,19 @@ WORKER_DIED = (
 )
 
 
+class WorkersDyingError(RuntimeError):
+    """The worker processes die before finishing any video, pool after pool."""
+
+
 def run_parallel(
     todo: Sequence[VideoRecord], config: PreprocessConfig, workers: int
 ) -> Iterator[Result]:
     """Results in completion order from ``workers`` processes, one video in flight per
     worker. A worker that dies (killed, out of memory) fails the videos then in flight
     (a rerun retries them) and the pool is restarted for the rest; a plain
-    ``multiprocessing.Pool`` would wait for the lost video forever."""
+    ``multiprocessing.Pool`` would wait for the lost video forever. When two pools in a
+    row break before returning anything, their videos are failed the same way and then
+    :class:`WorkersDyingError` stops the run."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -131,10 +137,10 @@ def run_parallel(
             pool.shutdown(wait=True, cancel_futures=True)
         if broken:
             fruitless = 0 if returned else fruitless + 1
+            for record in running.values():  # recorded as failed before any stop below
+                yield record.video_id, None, None, WORKER_DIED
             if fruitless >= 2:
-                raise RuntimeError(
+                raise WorkersDyingError(
                     "the worker processes keep dying before finishing any video; "
                     "run with --workers 1 to see the error"
                 )
-            for record in running.values():
-                yield record.video_id, None, None, WORKER_DIED

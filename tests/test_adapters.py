@@ -450,6 +450,7 @@ def test_checks_drop_nan_inverted_and_outside_boxes_and_clip_the_rest():
         "inverted": 1,
         "outside": 1,
         "clipped": 1,
+        "empty_objects": 0,
         "short_frames": 6,
     }  # fmt: skip  (0.4 .. 0.9 s)
     g = cleaned.gt[0]
@@ -460,3 +461,48 @@ def test_checks_drop_nan_inverted_and_outside_boxes_and_clip_the_rest():
         (10, 10), fps=10.0,
     )  # fmt: skip
     assert none is None and why.startswith("no valid box")
+
+
+def test_checks_drop_zero_area_boxes_and_objects_with_no_box():
+    """A zero-area box is dropped as inverted whether the frame size is known or not; an
+    object with no box at all is dropped and counted, and a query left with nothing is
+    skipped with the reason (no error that would stop the run)."""
+    from pipeline.adapters.checks import check_boxes, check_query
+    from pipeline.records import GTObject, QueryRecord
+
+    boxes = np.array([[1, 1, 5, 5], [3, 1, 3, 5], [1, 4, 5, 4]], float)  # 2nd, 3rd: no area
+    for size in ((10, 10), None):
+        keep, _, counts = check_boxes(boxes, size)
+        assert keep.tolist() == [True, False, False], size
+        assert (counts["inverted"], counts["outside"]) == (2, 0), size
+
+    empty = GTObject(7, np.zeros(0), np.zeros((0, 4)))
+    good = GTObject(1, [0.0, 0.1], [[1, 1, 5, 5], [2, 2, 6, 6]])
+    q = QueryRecord("0", "x", "referring", (0.0, 0.1), (empty, good))
+    cleaned, counts, reason = check_query(q, (10, 10), fps=10.0)
+    assert [g.object for g in cleaned.gt] == [1]
+    assert counts["empty_objects"] == 1 and "1 object with no box" in reason
+    nan = GTObject(2, [0.0], [[np.nan] * 4])
+    none, counts, why = check_query(
+        QueryRecord("1", "y", "referring", (0.0, 0.1), (empty, nan)), (10, 10), fps=10.0
+    )
+    assert none is None and why.startswith("no valid box") and counts["empty_objects"] == 1
+
+
+def test_mevis_object_with_empty_masks_in_every_frame_is_dropped_and_reported(tmp_path):
+    h, w = 8, 10
+    split = tmp_path / "train"
+    write_jpegs(split / "JPEGImages" / "vid1", ["00000", "00001"], w, h)
+    full = {"size": [h, w], "counts": mask_to_rle(box_mask(h, w, 1, 1, 4, 3))}
+    blank = {"size": [h, w], "counts": mask_to_rle(np.zeros((h, w), bool))}
+    write_json(split / "mask_dict.json", {"10": [full, full], "12": [blank, None]})
+    write_json(split / "meta_expressions.json", {"videos": {"vid1": {
+        "frames": ["00000", "00001"],
+        "expressions": {"0": {"exp": "the square", "obj_id": [1, 3], "anno_id": [10, 12]}},
+    }}})  # fmt: skip
+    spec = DatasetSpec("m", "mevis", tmp_path, ("train",), download="-")
+    problems: list[AnnotationProblem] = []
+    (r,) = list(iter_records(spec, "train", on_error=problems.append))
+    assert [g.object for g in r.queries[0].gt] == [1]
+    (p,) = problems
+    assert not p.skipped and p.counts["empty_objects"] == 1

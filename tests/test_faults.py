@@ -17,8 +17,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -193,6 +195,109 @@ def test_case1_overlapping_split_refused_and_a_dead_holder_taken_over(records, t
     assert m["counts"]["share_done"] == m["counts"]["videos_selected"] == 1  # shares [0, 2, 0, 0]
 
 
+def _probe_briefly(path: Path, hold_s: float) -> threading.Thread:
+    """Take ``path``'s lock in another thread for ``hold_s``, as another start's (or a
+    summary's) probe does; returns once it is held."""
+    import filelock
+
+    held = threading.Event()
+
+    def probe() -> None:
+        lock = filelock.FileLock(str(path), timeout=0)
+        lock.acquire()
+        held.set()
+        time.sleep(hold_s)
+        lock.release()
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    held.wait(5)
+    return thread
+
+
+def test_case1_a_brief_probe_of_a_left_lock_is_not_a_live_holder(tmp_path):
+    """The lock an earlier unsharded run left, probed for a moment by someone else, does
+    not refuse a share of a 16-share split; one held for longer does."""
+    from pipeline.locks import OutputLockedError, held_tags, share_lock
+
+    out = tmp_path / "shards"
+    out.mkdir()
+    with share_lock(out, 1, 0):
+        pass  # an earlier unsharded run: its lock file stays
+    left = out / "_lock-000of001"
+    probe = _probe_briefly(left, 0.1)
+    with share_lock(out, 16, 3) as tag:
+        assert tag == "003of016"
+    probe.join()
+    probe = _probe_briefly(left, 0.1)
+    assert held_tags(out) == []  # nor is it "running now" in a summary
+    probe.join()
+    probe = _probe_briefly(left, 2.0)  # a live holder
+    try:
+        assert held_tags(out) == ["000of001"]
+        refused = pytest.raises(OutputLockedError, match=r"000of001 .*overlaps shard 003of016")
+        with refused, share_lock(out, 16, 3):
+            pass
+    finally:
+        probe.join()
+
+
+def _start_share(out: Path, n: int, i: int, t0: float, q) -> None:
+    from pipeline.locks import OutputLockedError, share_lock
+
+    while time.time() < t0:
+        pass
+    try:
+        with share_lock(out, n, i):
+            q.put("ok")
+    except OutputLockedError as exc:
+        q.put(f"refused: {exc}")
+
+
+def test_case1_shares_started_at_once_beside_a_left_lock_all_start(tmp_path):
+    """16 shares of a split started at the same moment in a folder holding an earlier
+    unsharded run's lock: none mistakes another's probe of that lock for a live run."""
+    import multiprocessing as mp
+
+    from pipeline.locks import share_lock
+
+    out = tmp_path / "shards"
+    out.mkdir()
+    with share_lock(out, 1, 0):
+        pass
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    results = []
+    for _ in range(2):
+        t0 = time.time() + 0.5
+        procs = [ctx.Process(target=_start_share, args=(out, 16, i, t0, q)) for i in range(16)]
+        for proc in procs:
+            proc.start()
+        results += [q.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(10)
+    assert [r for r in results if r != "ok"] == []
+
+
+def test_case1_the_summary_names_a_running_share_from_its_start(records, tmp_path):
+    """A share of 4 that is running: its start-of-run manifest says which share it is,
+    and the summary lists it as that share, running now."""
+    from pipeline.locks import folder_lock, share_lock
+    from pipeline.output import prepare_output
+    from pipeline.views.summary import folder_summary
+
+    out = tmp_path / "shards"
+    out.mkdir()
+    with share_lock(out, 4, 1) as tag:
+        with folder_lock(out):
+            prepare_output(out, PreprocessConfig(), False, {}, tag)
+        m = json.loads((out / "_manifest-001of004.json").read_text())
+        assert (m["status"], m["num_shards"], m["shard_index"]) == ("running", 4, 1)
+        shares = folder_summary(out)["shares"]
+        assert [(s["share"], s["status"]) for s in shares] == [("001of004", "running now")]
+    assert [s["status"] for s in folder_summary(out)["shares"]] == ["running"]  # killed
+
+
 # --------------------------------------------------------------------------- 2: dead parent
 
 
@@ -240,6 +345,55 @@ def test_kill9_and_rerun_with_one_worker(reference, records, hc_root, tmp_path):
     assert m["last_run"]["videos_processed"] == N_VIDEOS - killed
     assert_folder_consistent(out, [r.video_id for r in records])
     assert rows_of(out) == reference[1]
+
+
+class _DyingPool:
+    """A process pool whose workers die at once, pool after pool (as when each is
+    killed while loading the detector)."""
+
+    _processes: ClassVar[dict] = {}
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+        from concurrent.futures.process import BrokenProcessPool
+
+        future = Future()
+        future.set_exception(BrokenProcessPool("a worker died"))
+        return future
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+def test_workers_that_keep_dying_fail_their_videos_and_stop_the_run(
+    records, hc_root, tmp_path, monkeypatch, capsys
+):
+    """Pools that break before finishing anything: the videos in flight are recorded as
+    failed before the run stops, and the CLI says why (exit 2, no traceback)."""
+    import concurrent.futures
+
+    from pipeline.workers import WORKER_DIED, run_parallel
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", _DyingPool)
+    got = []
+    with pytest.raises(RuntimeError, match="keep dying"):
+        for result in run_parallel(records, PreprocessConfig(), 2):
+            got.append(result)
+    assert sorted(r[0] for r in got) == sorted(r.video_id for r in records)  # 2 pools of 2
+    assert {r[3] for r in got} == {WORKER_DIED}
+
+    out = tmp_path / "shards"
+    code = main(["--dataset", "synthetic", "--root", str(hc_root), "--out", str(out),
+                 "--workers", "2", "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "error: the worker processes keep dying" in err, err
+    assert "Traceback" not in err
+    listed = [json.loads(x) for x in (out / FAILURES).read_text().splitlines()]
+    assert sorted(e["video_id"] for e in listed) == sorted(r.video_id for r in records)
+    assert {e["reason"] for e in listed} == {WORKER_DIED}
 
 
 # --------------------------------------------------------------------------- 3, 4: identity

@@ -116,13 +116,20 @@ def test_ray_and_local_runs_resume_each_other_and_give_the_same_folder(
     column, JPEG bytes included) and manifest as one uninterrupted local run; the corrupt
     video, which raises inside an actor, is recorded and the others finish. A local rerun
     then takes the Ray run's folder as its own: nothing to redo but the failed video."""
+    import ray.data
+
     _, ref_manifest, ref_rows = reference
     out = tmp_path / "train"
     run(records, out, PreprocessConfig(), limit=2, progress=False, meta={"split": "train"})
     first = set(part_ids(out))
     assert len(first) == 2
+    ctx = ray.data.DataContext.get_current()
+    names = ("max_errored_blocks", "enable_progress_bars", "print_on_execution_start")
+    before = {name: getattr(ctx, name) for name in names}
     manifest = run(records, out, PreprocessConfig(), progress=False, meta={"split": "train"},
                    executor=RayExecutor(actors=2, gpus_per_actor=GPUS), videos_per_file=1)  # fmt: skip
+    # Ray Data's process-wide settings are the caller's again
+    assert {name: getattr(ctx, name) for name in names} == before
     assert manifest["last_run"]["videos_processed"] == N_GOOD - 2
     assert manifest["last_run"]["videos_failed"] == 1
     ids = part_ids(out)

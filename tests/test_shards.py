@@ -159,3 +159,22 @@ def test_atomic_files_follow_the_umask(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o664
     finally:
         os.umask(old)
+
+
+def test_pipeline_bookkeeping_reads_the_folder_not_its_subfolders(tmp_path):
+    """Resume and the folder's counts read the output folder's own part files (as its
+    identity check and --overwrite do); a reader of a parent folder of splits (the
+    trainer) still finds every shard below it."""
+    from pipeline.output import summarize_shards
+    from pipeline.shards import list_shards
+
+    write_shard(tmp_path / "part-000of001-00000.parquet", [_row("v0")])
+    (tmp_path / "old").mkdir()
+    write_shard(tmp_path / "old" / "part-000of001-00000.parquet", [_row("v1"), _row("v2")])
+    assert read_video_ids(tmp_path) == {"v0"}
+    assert summarize_shards(tmp_path, max_gap_s=0.5)["videos"] == 1
+    assert [p.name for p in list_shards(tmp_path, recursive=False)] == [
+        "part-000of001-00000.parquet"
+    ]
+    assert read_video_ids(tmp_path, recursive=True) == {"v0", "v1", "v2"}
+    assert len(list_shards(tmp_path)) == 2 and len(ShardIndex(tmp_path)) == 3 * 2

@@ -3,12 +3,14 @@
 Per target object of a query, in native pixels:
 
 * a box with a NaN or infinite coordinate is dropped (``nan``);
-* a box whose right (bottom) edge lies left of (above) its left (top) edge, e.g. a
-  negative width in HC-STVG's xywh, is dropped (``inverted``);
+* a box whose right (bottom) edge does not lie right of (below) its left (top) edge,
+  e.g. a negative or zero width in HC-STVG's xywh, is dropped (``inverted``), whether
+  or not the frame size is known;
 * a box is clipped to the frame (``clipped``, kept); one left with no area inside the
   frame is dropped (``outside``);
 * an object with no box left is dropped, and a query with no object left is skipped,
-  with the reason;
+  with the reason; an object that had no box at all (e.g. a MeViS object whose masks
+  are empty in every frame) is dropped and counted (``empty_objects``);
 * annotated times that end more than one frame before the span's end are counted
   (``short_frames``: real HC-STVG files end their boxes a few frames before
   ``ed_time``), the query is kept.
@@ -40,7 +42,7 @@ def check_boxes(
     xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
     finite = np.isfinite(xyxy).all(axis=1)
     with np.errstate(invalid="ignore"):
-        inverted = finite & ((xyxy[:, 2] < xyxy[:, 0]) | (xyxy[:, 3] < xyxy[:, 1]))
+        inverted = finite & ((xyxy[:, 2] <= xyxy[:, 0]) | (xyxy[:, 3] <= xyxy[:, 1]))
     ok = finite & ~inverted
     clipped = np.where(ok[:, None], xyxy, 0.0)
     outside = np.zeros(len(xyxy), bool)
@@ -65,17 +67,20 @@ def check_boxes(
 
 def _check_object(g: GTObject, size_wh) -> tuple[GTObject | None, dict]:
     keep, boxes, counts = check_boxes(g.xyxy, size_wh)
+    counts["empty_objects"] = int(len(keep) == 0)
+    if not keep.any():  # no box left, or none to begin with
+        return None, counts
     if keep.all() and not counts["clipped"]:
         return g, counts
-    if not keep.any():
-        return None, counts
     masks = None if g.masks_rle is None else tuple(m for m, k in zip(g.masks_rle, keep) if k)
     return GTObject(g.object, g.times_s[keep], boxes[keep], masks), counts
 
 
 def _short_frames(q: QueryRecord, fps: float) -> int:
     """Frames between the last annotated time and the span's end, beyond one frame."""
-    last = max(float(g.times_s[-1]) for g in q.gt if len(g.times_s))
+    last = max((float(g.times_s[-1]) for g in q.gt if len(g.times_s)), default=None)
+    if last is None:
+        return 0
     missing = (q.span_s[1] - last) * fps - 1.0
     return max(round(missing), 0)
 
@@ -84,7 +89,7 @@ def check_query(q: QueryRecord, size_wh, fps: float) -> tuple[QueryRecord | None
     """(the cleaned query or None when nothing valid is left, counts, reason)."""
     if not q.gt:
         return q, {}, ""
-    total = {"boxes": 0, "nan": 0, "inverted": 0, "outside": 0, "clipped": 0}
+    total = {"boxes": 0, "nan": 0, "inverted": 0, "outside": 0, "clipped": 0, "empty_objects": 0}
     kept = []
     for g in q.gt:
         cleaned, counts = _check_object(g, size_wh)
@@ -93,7 +98,7 @@ def check_query(q: QueryRecord, size_wh, fps: float) -> tuple[QueryRecord | None
             total[k] += v
         if cleaned is not None:
             kept.append(cleaned)
-    dropped = sum(total[k] for k in DROPPED)
+    dropped = sum(total[k] for k in DROPPED) + total["empty_objects"]
     if not kept:
         return None, total, f"no valid box ({_describe(total)})"
     q = dataclasses.replace(q, gt=tuple(kept)) if dropped or total["clipped"] else q
@@ -104,6 +109,9 @@ def check_query(q: QueryRecord, size_wh, fps: float) -> tuple[QueryRecord | None
 def _describe(counts: dict) -> str:
     parts = [f"{counts[k]} {k}" for k in (*DROPPED, "clipped") if counts.get(k)]
     out = f"of {counts['boxes']} boxes: " + ", ".join(parts) if parts else ""
+    empty = counts.get("empty_objects")
+    if empty:
+        out += ("; " if out else "") + f"{empty} object{'s' * (empty > 1)} with no box"
     short = counts.get("short_frames")
     if short:
         out += ("; " if out else "") + f"boxes end {short} frames before the span's end"

@@ -18,7 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.locks import held_tags
-from pipeline.output import failure_paths, manifest_paths, read_failures, summarize_shards
+from pipeline.output import (
+    failure_paths,
+    manifest_paths,
+    manifest_tag,
+    read_failures,
+    summarize_shards,
+)
 from pipeline.shards import list_shards, read_video_ids
 
 
@@ -27,12 +33,14 @@ def folder_summary(out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"no shard folder {out_dir}")
-    manifests = {p.name: json.loads(p.read_text()) for p in manifest_paths(out_dir)}
+    paths = manifest_paths(out_dir)
+    manifests = {p.name: json.loads(p.read_text()) for p in paths}
+    tags = {p.name: manifest_tag(p) for p in paths}  # from the name: set from the start
     hashes = sorted({m.get("config_hash") for m in manifests.values()})
     running = set(held_tags(out_dir))
     shares = []
     for name, m in manifests.items():
-        tag = f"{m.get('shard_index', 0):03d}of{m.get('num_shards', 1):03d}"
+        tag = tags[name]
         c = m.get("counts", {})
         shares.append({
             "manifest": name,
@@ -49,7 +57,11 @@ def folder_summary(out_dir: str | Path) -> dict:
             if vid not in finished:
                 failures[vid] = entry
     max_gap_s = next((m["config"]["max_gap_s"] for m in manifests.values() if "config" in m), 0.5)
-    counts = summarize_shards(out_dir, max_gap_s) if list_shards(out_dir) else {"videos": 0}
+    counts = (
+        summarize_shards(out_dir, max_gap_s)
+        if list_shards(out_dir, recursive=False)
+        else {"videos": 0}
+    )
     annotation_problems = next(
         (m["annotation_problems"] for m in manifests.values() if "annotation_problems" in m), []
     )
