@@ -6,15 +6,25 @@ with a new ID. Preprocessing is offline, so after tracking this pass looks at th
 clip and links tracklets that follow one another in time into one identity when they
 are the same object: same class, a gap of at most ``max_gap_s``, similar appearance
 (the detector's own features, :class:`pipeline.detect.Detector`), and a plausible place
-of return (near where it was last seen or where its motion carries it, or leaving then
-re-entering through the frame border). All links are chosen at once by a minimum-cost
-assignment over the clip (Jonker-Volgenant, the ``lap`` package Ultralytics' trackers
-use), each tracklet having at most one successor and one predecessor.
+of return (near where it was last seen or where its motion carries it, or, for one that
+left through the frame border, re-entering through the same border near where it left).
+All links are chosen at once by a minimum-cost assignment over the clip
+(Jonker-Volgenant, the ``lap`` package Ultralytics' trackers use), each tracklet having
+at most one successor and one predecessor.
 
 It never links two tracklets that are visible at the same time: a candidate successor
 must start after its predecessor's last frame, so an identity is always a sequence of
 tracklets disjoint in time (checked again when they are joined,
 :func:`pipeline.tracklets.concat`).
+
+The appearance floor is calibrated per clip. Detector features of different objects of
+one class can be very alike (cosine 0.78-0.996 between different objects of the harder
+synthetic split), so a fixed floor says little. Tracklets visible at the same time are
+known to be different objects; a link between ``a`` and ``b`` needs a similarity above
+every similarity of ``a`` or ``b`` with a tracklet of their class visible at the same
+time as either of them (and above ``min_similarity``): the pair must look more alike
+than the clip's known different pairs around them. Where the clip has no such pair,
+only the fixed floor and the place of return are left.
 """
 
 from __future__ import annotations
@@ -36,9 +46,16 @@ class AssociationConfig:
         max_gap_s: longest time between one tracklet's end and the next one's start.
         min_similarity: least cosine similarity of the two tracklets' mean appearance
             embeddings (not checked when either has none).
+            Each link also needs a similarity above those of the two tracklets with any
+            tracklet of their class visible at the same time as either of them (see the
+            module notes).
         max_distance: how far (in box diagonals of the earlier tracklet) from its last
             position, or from where its velocity carries it, the next one may start,
-            per second of gap plus one (not checked for a leave-then-re-enter pair).
+            per second of gap plus one (when the pair is not a leave-then-re-enter one).
+        border_reach: a tracklet that ends on the frame border and one that starts on it
+            link only through a border side both touch, the later one starting within
+            this fraction of that side's length of where the earlier one left (or of
+            where its velocity along the border carries it over the gap).
         max_cost: a link costs (1 - similarity) + 0.5 * distance / allowed distance +
             0.2 * gap / ``max_gap_s``; links costing more are never made.
     """
@@ -46,13 +63,19 @@ class AssociationConfig:
     max_gap_s: float = 8.0
     min_similarity: float = 0.6
     max_distance: float = 1.5
+    border_reach: float = 0.25
     max_cost: float = 0.8
 
     def __post_init__(self):
-        if not (self.max_gap_s > 0 and self.max_distance > 0 and self.max_cost > 0):
+        if not (
+            self.max_gap_s > 0
+            and self.max_distance > 0
+            and self.border_reach > 0
+            and self.max_cost > 0
+        ):
             raise ValueError(
-                f"max_gap_s, max_distance and max_cost must be > 0, got {self.max_gap_s}, "
-                f"{self.max_distance}, {self.max_cost}"
+                "max_gap_s, max_distance, border_reach and max_cost must be > 0, got "
+                f"{self.max_gap_s}, {self.max_distance}, {self.border_reach}, {self.max_cost}"
             )
         if not -1.0 <= self.min_similarity <= 1.0:
             raise ValueError(f"min_similarity must be in [-1, 1], got {self.min_similarity}")
@@ -68,8 +91,8 @@ class _Ends:
     first: np.ndarray
     last: np.ndarray
     velocity_end: np.ndarray  # (2,) px/s of the centre over the last frames
-    entered: bool
-    exited: bool
+    entered: frozenset[str]  # the border sides the first box touches
+    exited: frozenset[str]  # the border sides the last box touches
     embedding: np.ndarray | None
 
 
@@ -85,13 +108,34 @@ def _velocity(times: list[float], boxes: list[np.ndarray], n: int = 5) -> np.nda
     return np.polyfit(t - t[-1], c, 1)[0]
 
 
-def _on_border(b: np.ndarray, wh: tuple[int, int] | None) -> bool:
+def _sides(b: np.ndarray, wh: tuple[int, int] | None) -> frozenset[str]:
+    """The frame border sides box ``b`` touches ("left", "top", "right", "bottom")."""
     if wh is None:
-        return False
+        return frozenset()
     margin = max(1.0, 0.01 * max(wh))
-    return bool(
-        b[0] <= margin or b[1] <= margin or b[2] >= wh[0] - margin or b[3] >= wh[1] - margin
-    )
+    touch = {
+        "left": b[0] <= margin,
+        "top": b[1] <= margin,
+        "right": b[2] >= wh[0] - margin,
+        "bottom": b[3] >= wh[1] - margin,
+    }
+    return frozenset(k for k, v in touch.items() if v)
+
+
+def _border_offset(a: _Ends, b: _Ends, gap: float, wh: tuple[int, int]) -> float | None:
+    """Least offset, as a fraction of the side's length, between where ``a`` left and
+    where ``b`` enters along a border side both touch (None when they share none).
+    Along the side, ``a``'s exit point may also have moved at its last velocity."""
+    best = None
+    for side in a.exited & b.entered:
+        axis = 1 if side in ("left", "right") else 0  # the coordinate along the side
+        length = float(wh[1] if axis else wh[0])
+        left_at = _centre(a.last)[axis]
+        enters_at = _centre(b.first)[axis]
+        moved = left_at + a.velocity_end[axis] * gap
+        d = min(abs(enters_at - left_at), abs(enters_at - moved)) / length
+        best = d if best is None else min(best, d)
+    return best
 
 
 def _ends(r: RawTrack, wh: tuple[int, int] | None) -> _Ends:
@@ -102,25 +146,41 @@ def _ends(r: RawTrack, wh: tuple[int, int] | None) -> _Ends:
         first=np.asarray(r.xyxy[0], np.float64),
         last=np.asarray(r.xyxy[-1], np.float64),
         velocity_end=_velocity(r.times_s, r.xyxy),
-        entered=_on_border(r.xyxy[0], wh),
-        exited=_on_border(r.xyxy[-1], wh),
+        entered=_sides(r.xyxy[0], wh),
+        exited=_sides(r.xyxy[-1], wh),
         embedding=r.embedding(),
     )
 
 
-def link_cost(a: _Ends, b: _Ends, cfg: AssociationConfig) -> float:
-    """Cost of ``b`` continuing ``a`` (``_INFEASIBLE`` when it may not)."""
+def link_cost(
+    a: _Ends,
+    b: _Ends,
+    cfg: AssociationConfig,
+    wh: tuple[int, int] | None = None,
+    floor: float | None = None,
+) -> float:
+    """Cost of ``b`` continuing ``a`` (``_INFEASIBLE`` when it may not).
+
+    ``floor``: the similarity the pair must exceed (default ``cfg.min_similarity``;
+    :func:`link_matrix` raises it to what the clip's known-different pairs reach).
+    """
     gap = b.t0 - a.t1
     if not 0 < gap <= cfg.max_gap_s or a.cls != b.cls:
         return _INFEASIBLE  # gap <= 0: both visible at once, never the same identity
+    floor = cfg.min_similarity if floor is None else floor
     if a.embedding is not None and b.embedding is not None:
         sim = float(a.embedding @ b.embedding)
-        if sim < cfg.min_similarity:
+        if sim <= floor:
             return _INFEASIBLE
     else:
         sim = cfg.min_similarity
-    if a.exited and b.entered:
-        dist = 0.5  # left and came back: where it re-enters says little
+    if a.exited and b.entered and wh is not None:
+        # left through the border and something came in through it: the same object
+        # only through the same side, near where it left
+        offset = _border_offset(a, b, gap, wh)
+        if offset is None or offset > cfg.border_reach:
+            return _INFEASIBLE
+        dist = offset / cfg.border_reach
     else:
         diag = max(float(np.hypot(*(a.last[2:] - a.last[:2]))), 1.0)
         start = _centre(b.first)
@@ -133,15 +193,48 @@ def link_cost(a: _Ends, b: _Ends, cfg: AssociationConfig) -> float:
     return (1.0 - sim) + 0.5 * dist + 0.2 * gap / cfg.max_gap_s
 
 
+def similarity_floors(ends: list[_Ends], min_similarity: float) -> np.ndarray:
+    """(N, N): the similarity a link between tracklets i and j must exceed.
+
+    Tracklets visible at the same time are different objects, so their similarities are
+    what different objects reach in this clip: the floor of (i, j) is the highest
+    similarity of i or j with any tracklet of its class visible at the same time as i or
+    as j, and at least ``min_similarity``.
+    """
+    n = len(ends)
+    emb = [e.embedding for e in ends]
+    sim = np.full((n, n), -np.inf)
+    for i in range(n):
+        for k in range(n):
+            if i != k and emb[i] is not None and emb[k] is not None:
+                sim[i, k] = float(emb[i] @ emb[k])
+    t0 = np.array([e.t0 for e in ends])
+    t1 = np.array([e.t1 for e in ends])
+    cls = np.array([e.cls for e in ends])
+    together = (t0[:, None] <= t1[None, :]) & (t0[None, :] <= t1[:, None])
+    together &= cls[:, None] == cls[None, :]  # links are within a class: so is the floor
+    np.fill_diagonal(together, False)
+    floors = np.full((n, n), float(min_similarity))
+    for i in range(n):
+        for j in range(n):
+            others = together[i] | together[j]
+            others[[i, j]] = False
+            if others.any():
+                reach = max(sim[i, others].max(), sim[j, others].max())
+                floors[i, j] = max(floors[i, j], reach)
+    return floors
+
+
 def link_matrix(raws: list[RawTrack], cfg: AssociationConfig, wh) -> np.ndarray:
     """(N, N) cost of tracklet j continuing tracklet i."""
     ends = [_ends(r, wh) for r in raws]
+    floors = similarity_floors(ends, cfg.min_similarity)
     n = len(ends)
     cost = np.full((n, n), _INFEASIBLE)
     for i in range(n):
         for j in range(n):
             if i != j:
-                cost[i, j] = link_cost(ends[i], ends[j], cfg)
+                cost[i, j] = link_cost(ends[i], ends[j], cfg, wh, floors[i, j])
     return cost
 
 
@@ -151,7 +244,8 @@ def associate(
     """Tracklets grouped into identities (each group in time order, disjoint in time).
 
     ``wh`` (width, height) of the frames lets a tracklet that leaves through the border
-    link to one that re-enters anywhere on it; without it only position counts.
+    link to one that re-enters through the same side near where it left; without it
+    only position counts.
     """
     n = len(raws)
     if n < 2:

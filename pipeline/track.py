@@ -70,10 +70,13 @@ class TrackerConfig:
             two objects, which is worse for grounding than a split).
         merge_max_dist: "near" for merging: centre distance at most this many box
             diagonals (the larger of the two boxes).
-        duplicate_iou: a track whose boxes overlap those of a longer track of the same
-            class at IoU >= this on at least ``duplicate_share`` of its frames is a second
-            ID on one object (a detector that fires twice on a half-visible shape) and is
-            dropped (0 = keep every track).
+        duplicate_iou: a track whose boxes overlap those of a longer track, of any
+            class, at IoU >= this over at least two shared frames while the two move
+            together (and look alike, when both have features) sits on the same object
+            (a detector that fires twice on a half-visible shape, or with two classes):
+            it is dropped when that covers at least ``duplicate_share`` of its frames,
+            otherwise those frames are cut from it
+            (:func:`pipeline.tracklets.resolve_duplicates`; 0 = keep every track).
         duplicate_share: see ``duplicate_iou``.
         edge_extend_s: a track whose last (first) box touches the frame border and
             whose motion carries it out of the frame is continued (started earlier) on

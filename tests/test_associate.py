@@ -185,3 +185,112 @@ def test_botsort_with_detector_features_is_selectable():
         collect_tracks(no_feats, TrackerConfig(tracker="botsort"), FPS)
     with pytest.raises(ValueError, match="tracker must be one of"):
         TrackerConfig(tracker="sort")
+
+
+def _scripted_scene(objects, seed: int = 0):
+    """A 10 s scene of the harder split's kind from ``(shape, colour, size, centres(t))``."""
+    from pipeline.synthetic.hard import HardScene, _obj
+    from pipeline.synthetic.scene import (
+        SceneConfig,
+        boxes_from_masks,
+        make_background,
+        render_masks,
+    )
+
+    cfg = SceneConfig(duration_s=10.0)
+    t = np.arange(cfg.num_frames) / cfg.fps
+    objs = tuple(
+        _obj(k, shape, colour, size, k, centres(t, cfg))
+        for k, (shape, colour, size, centres) in enumerate(objects)
+    )
+    masks = render_masks(objs, cfg.num_frames, cfg.height, cfg.width)
+    background = make_background(np.random.default_rng(seed), cfg.height, cfg.width)
+    return HardScene("scripted", cfg, background, objs, masks, boxes_from_masks(masks), ())
+
+
+def _leaves_right(y: float):
+    """Moves right at 90 px/s from x=60 and is fully out of the frame after ~3 s."""
+
+    def centres(t, cfg):
+        c = np.stack([60 + 90 * t, np.full_like(t, y)], axis=1)
+        c[c[:, 0] > cfg.width + 40] = np.nan
+        return c
+
+    return centres
+
+
+def _enters(side: str, y: float, t0: float):
+    """Comes in through ``side`` ("left" or "right") at 80 px/s from ``t0``."""
+
+    def centres(t, cfg):
+        x = -40 + 80 * (t - t0) if side == "left" else cfg.width + 40 - 80 * (t - t0)
+        c = np.stack([x, np.full_like(t, y)], axis=1)
+        c[t < t0] = np.nan
+        return c
+
+    return centres
+
+
+def _stays(x: float, y: float):
+    return lambda t, cfg: np.stack([np.full_like(t, x), np.full_like(t, y)], axis=1)
+
+
+def _drifts(x0: float, vx: float, y: float):
+    return lambda t, cfg: np.stack([x0 + vx * t, np.full_like(t, y)], axis=1)
+
+
+def _ids_of_objects(scene, tracks) -> list[set[int]]:
+    return [_id_per_object(scene, tracks, o.obj_id) for o in scene.objects]
+
+
+def test_different_object_entering_from_the_other_side_gets_its_own_id(detector):
+    # The review's scene: a red circle leaves through the right border at 3 s; a blue
+    # circle (detector features of the two: cosine ~0.88, far above any fixed floor)
+    # enters through the left border 2.5 s later at another height. Not one object.
+    scene = _scripted_scene(
+        [
+            ("circle", "red", 34, _leaves_right(100)),
+            ("circle", "blue", 34, _enters("left", 160, 5.5)),
+        ]
+    )
+    cfg = TrackerConfig(track_low_thresh=0.1, fuse_score=False)
+    tracks = track_frames(_frames(scene), detector, cfg, scene.config.fps)
+    a, b = _ids_of_objects(scene, tracks)
+    assert len(a) == 1 and len(b) == 1 and a != b
+
+
+def test_newcomer_is_not_linked_when_the_clip_shows_others_as_alike(detector):
+    # A red circle leaves through the right border; a blue circle enters through the same
+    # border at the same height 2.5 s later: class and place would link them, and the
+    # detector features of the two are alike (cosine ~0.96, far above the fixed floor).
+    # A green circle drifts across the frame while the red one is there: a different
+    # object looks at least as much like the red circle (cosine ~0.97), so the clip's
+    # floor for the pair rises above their similarity and the newcomer keeps its own ID.
+    objects = [
+        ("circle", "red", 34, _leaves_right(80)),
+        ("circle", "blue", 34, _enters("right", 80, 5.5)),
+        ("circle", "green", 34, _drifts(300, -20, 125)),
+    ]
+    cfg = TrackerConfig(track_low_thresh=0.1, fuse_score=False)
+    scene = _scripted_scene(objects)
+    ids = _ids_of_objects(scene, track_frames(_frames(scene), detector, cfg, scene.config.fps))
+    assert all(len(s) == 1 for s in ids) and len(set.union(*ids)) == 3
+
+
+def test_object_that_returns_through_the_border_it_left_by_keeps_its_id(detector):
+    # The same red circle comes back through the right border near where it left, with
+    # a look-alike on screen (the floor is calibrated, not fixed): one ID.
+    def back(t, cfg):
+        c = _leaves_right(80)(t, cfg)
+        back_at = t >= 5.5
+        c[back_at] = _enters("right", 90, 5.5)(t, cfg)[back_at]
+        return c
+
+    objects = [("circle", "red", 34, back), ("circle", "green", 34, _stays(160, 190))]
+    scene = _scripted_scene(objects)
+    cfg = TrackerConfig(track_low_thresh=0.1, fuse_score=False)
+    tracks = track_frames(_frames(scene), detector, cfg, scene.config.fps)
+    a, c = _ids_of_objects(scene, tracks)
+    assert len(a) == 1 and len(c) == 1 and a != c
+    off = TrackerConfig(track_low_thresh=0.1, fuse_score=False, associate_gap_s=0)
+    assert len(_id_per_object(scene, track_frames(_frames(scene), detector, off, 10.0), 0)) == 2

@@ -120,10 +120,20 @@ def video_record(path: Path, query: str):
 
 
 def highlight_frames(
-    record, video, ids: Sequence[int], span_s, *, max_side: int | None, max_gap_s: float, fps: float
+    record,
+    video,
+    ids: Sequence[int],
+    span_s,
+    *,
+    max_side: int | None,
+    max_gap_s: float,
+    fps: float,
+    track_rate: float | None = None,
 ):
     """Frames of the source video with every ID drawn, the chosen IDs boxed during the span
-    where they are tracked, and each frame's :func:`frame_banner`."""
+    where they are tracked, and each frame's :func:`frame_banner`. With ``track_rate`` (the
+    frame rate tracks were made at) a number is drawn only where its track was seen on the
+    nearest tracked frame, as preprocessing draws them."""
     import cv2
 
     from pipeline.decode import iter_frames
@@ -132,7 +142,10 @@ def highlight_frames(
     overlay = IdOverlay(style="number")
     chosen = [t for t in video.tracks if t.id in set(ids)]
     for frame in iter_frames(record, fps=fps, max_side=max_side):
-        img = overlay_video_frame(frame.image, list(video.tracks), frame.time_s, max_gap_s, overlay)
+        img = overlay_video_frame(
+            frame.image, list(video.tracks), frame.time_s, max_gap_s, overlay,
+            max_unseen_s=None if track_rate is None else 0.51 / track_rate,
+        )  # fmt: skip
         active = span_s is not None and span_s[0] <= frame.time_s <= span_s[1]
         present: set[int] = set()
         for t in chosen:
@@ -209,8 +222,10 @@ def predict(
     span = clip_span(answer.span_s, duration)
     out = out or RUNS_DIR / "predict" / f"{video_path.stem}.mp4"
     fps = record.fps if render_fps is None else min(render_fps, record.fps)
+    track_rate = config.track_fps or record.fps  # as the processor tracked it
     write_mp4(out, highlight_frames(record, video, answer.ids, span, max_side=max_side,
-                                    max_gap_s=config.max_gap_s, fps=fps), fps)  # fmt: skip
+                                    max_gap_s=config.max_gap_s, fps=fps,
+                                    track_rate=track_rate), fps)  # fmt: skip
     raw = None if answer.span_s is None else (float(answer.span_s[0]), float(answer.span_s[1]))
     return {
         "video": str(video_path),

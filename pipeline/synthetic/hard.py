@@ -9,6 +9,14 @@ Scripted scenes, each built around one way IDs get lost (``KINDS``):
 - ``crowd``: 15-18 objects drifting about their places, neighbours passing in front of
   and behind one another.
 
+and one (``TRAP_KINDS``) where a tracker that links too eagerly gives one ID to two
+objects:
+
+- ``newcomer``: an object leaves through the frame border and 1-3 s later a different
+  object of the same shape (another colour) comes in, through the other side, through
+  the same side at another height, or where the first left, while a third of that shape
+  drifts across the frame.
+
 Each video is written as an mp4 with its ground truth in the MOTChallenge ``gt.txt``
 layout (``frame, id, x, y, w, h, 1, -1, -1, -1``, frames from 1, one row per object per
 frame where any of it is visible), the format ``motmetrics`` reads::
@@ -43,6 +51,8 @@ from pipeline.synthetic.scene import (
 )
 
 KINDS = ("occlusion", "reenter", "crossing", "crowd")
+TRAP_KINDS = ("newcomer",)
+ALL_KINDS = KINDS + TRAP_KINDS
 DEFAULT_OUT = Path("data/raw/synthetic-hard")
 
 
@@ -167,15 +177,51 @@ def _crowd(rng, cfg: SceneConfig) -> list[SceneObject]:
     return objs
 
 
-_BUILDERS = {"occlusion": _occlusion, "reenter": _reenter, "crossing": _crossing, "crowd": _crowd}
+def _newcomer(rng, cfg: SceneConfig) -> list[SceneObject]:
+    t = np.arange(cfg.num_frames) / cfg.fps
+    w, h = cfg.width, cfg.height
+    shape = str(rng.choice(SHAPES))
+    colors = [str(c) for c in rng.choice(list(COLORS_RGB), size=3, replace=False)]
+    size = int(rng.integers(28, 40))
+    # A leaves through the right border
+    y_a = h * rng.uniform(0.45, 0.55)
+    speed_a = rng.uniform(60, 90)
+    x_a = rng.uniform(0.2, 0.45) * w + speed_a * t
+    a = np.stack([x_a, np.full_like(t, y_a)], axis=1)
+    t_gone = (w + size - x_a[0]) / speed_a
+    a[t > t_gone] = np.nan
+    # B, another object of A's shape, comes in 1-3 s after A has gone: through the left
+    # border, through the right one well below where A left, or where A left
+    t_in = t_gone + rng.uniform(1.0, 3.0)
+    speed_b = rng.uniform(50, 80)
+    way = int(rng.integers(3))
+    if way == 0:
+        x_b, y_b = -size + speed_b * (t - t_in), h * rng.uniform(0.35, 0.85)
+    else:
+        x_b = w + size - speed_b * (t - t_in)
+        y_b = y_a + (h * rng.uniform(0.3, 0.35) if way == 1 else 0.0)
+    b = np.stack([x_b, np.full_like(t, y_b)], axis=1)
+    b[t < t_in] = np.nan
+    # C, a third of that shape, drifts along the top all along
+    c = _line(t, (w * rng.uniform(0.6, 0.8), h * rng.uniform(0.12, 0.15)), (-15.0, 0.0))
+    return [_obj(k, shape, colors[k], size, k, p) for k, p in enumerate((a, b, c))]
+
+
+_BUILDERS = {
+    "occlusion": _occlusion,
+    "reenter": _reenter,
+    "crossing": _crossing,
+    "crowd": _crowd,
+    "newcomer": _newcomer,
+}
 
 
 def make_hard_scene(kind: str, seed: int, cfg: SceneConfig | None = None) -> HardScene:
-    """One scripted scene of ``kind`` (see ``KINDS``); deterministic for a seed."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    """One scripted scene of ``kind`` (see ``ALL_KINDS``); deterministic for a seed."""
+    if kind not in ALL_KINDS:
+        raise ValueError(f"kind must be one of {ALL_KINDS}, got {kind!r}")
     cfg = cfg or SceneConfig(duration_s=10.0)
-    rng = np.random.default_rng([seed, KINDS.index(kind)])
+    rng = np.random.default_rng([seed, ALL_KINDS.index(kind)])
     built = _BUILDERS[kind](rng, cfg)
     objects, pillar = built if kind == "occlusion" else (built, None)
     objects = tuple(objects)
@@ -204,13 +250,14 @@ def mot_rows(scene: Scene) -> list[str]:
 
 
 def write_hard_split(out: str | Path, seed: int = 0, per_kind: int = 3) -> dict:
-    """Write ``per_kind`` videos of every kind with their gt.txt; returns the summary."""
+    """Write ``per_kind`` videos of every kind (``ALL_KINDS``) with their gt.txt; returns
+    the summary."""
     from pipeline.synthetic.writer import write_mp4
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     videos = []
-    for kind in KINDS:
+    for kind in ALL_KINDS:
         for i in range(per_kind):
             scene = make_hard_scene(kind, seed * 1000 + i)
             write_mp4(
