@@ -20,7 +20,6 @@ import numpy as np
 from pipeline.geometry import nearest_index, rle_to_mask
 from pipeline.labels import (
     Placement,
-    clamped_rect,
     legible_color,
     outline_color,
     place_labels,
@@ -76,7 +75,9 @@ class IdOverlay:
         style: one of ``STYLES``: ``"number"`` (the number at the object's centre, moved
             where it would cover another), ``"box+number"``, ``"contour+number"`` (mask
             contour; the box where an object has no mask), ``"stvg-r1"`` (STVG-R1's look:
-            a red number at the mask centre, no outline, no moving).
+            a red number whose text starts (bottom-left) at the mask centre, stroke
+            ``max(2, int(2 * scale))``, no outline, no moving, objects under 1/3 of the
+            frame's largest not labelled).
         font_scale: OpenCV font scale; None = STVG-R1's (20/30)·(max(H, W)/336),
             floored at ``min_font_scale`` so numbers stay legible on tiny frames; a
             label taller than 60% of its object shrinks towards the floor.
@@ -86,9 +87,10 @@ class IdOverlay:
             needed for contrast.
         min_contrast: least WCAG contrast ratio of a number against the frame under it.
         min_relative_area: objects whose area (mask pixels, else box) is below this
-            fraction of the frame's largest object are not drawn. STVG-R1 uses 1/3 to
-            reduce clutter; the default 0.0 draws every object, because an unlabelled
-            target can never be named by the model and small targets are common.
+            fraction of the frame's largest object are not drawn. None = STVG-R1's 1/3
+            for ``"stvg-r1"`` (to reduce clutter), else 0.0: every object is drawn,
+            because an unlabelled target can never be named by the model and small
+            targets are common.
     """
 
     def __init__(
@@ -98,11 +100,13 @@ class IdOverlay:
         font_scale: float | None = None,
         min_font_scale: float = 0.35,
         color: tuple[int, int, int] | None = None,
-        min_relative_area: float = 0.0,
+        min_relative_area: float | None = None,
         min_contrast: float = 4.5,
     ):
         if style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+        if min_relative_area is None:
+            min_relative_area = 1 / 3 if style == "stvg-r1" else 0.0
         if not 0.0 <= min_relative_area <= 1.0:
             raise ValueError(f"min_relative_area must be in [0, 1], got {min_relative_area}")
         if font_scale is not None and not font_scale > 0:
@@ -199,13 +203,19 @@ class IdOverlay:
             anchors.append(label_center(boxes[i], masks[i] if has else None))
             scale = base if self.style == "stvg-r1" else self._fit_scale(base, boxes[i])
             # an outlined 1 px anti-aliased stroke is all blend: it never shows its colour
-            thickness = max(1 if self.style == "stvg-r1" else 2, round(2 * scale))
+            if self.style == "stvg-r1":
+                thickness = max(2, int(2 * scale))  # as STVG-R1 draws it
+            else:
+                thickness = max(2, round(2 * scale))
             (tw, th), base_line = cv2.getTextSize(str(ids[i]), _FONT, scale, thickness)
             pad = 0 if self.style == "stvg-r1" else thickness + 1  # the outline
             sizes.append((tw + 2 * pad, th + base_line + 2 * pad))
             metrics.append((scale, thickness, pad, th))
-        if self.style == "stvg-r1":  # centred (kept inside the frame), overlaps allowed
-            places = [Placement(clamped_rect(*a, s, (w, h)), False) for a, s in zip(anchors, sizes)]
+        if self.style == "stvg-r1":  # the text's bottom-left at the centre, overlaps allowed
+            places = []
+            for (ax, ay), (tw, th_all), (_, _, _, th) in zip(anchors, sizes, metrics):
+                x1, y1 = round(ax), round(ay) - th
+                places.append(Placement((x1, y1, x1 + tw, y1 + th_all), False))
         else:  # smaller objects first: they have fewer free spots inside themselves
             area = (boxes[idx, 2] - boxes[idx, 0]) * (boxes[idx, 3] - boxes[idx, 1])
             order = np.lexsort((ids[idx], area))

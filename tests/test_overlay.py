@@ -92,6 +92,16 @@ def test_stvg_r1_style_is_a_red_number_at_the_mask_centre():
     r = np.array([255.0, 0, 0]) - b
     a = ((p - b) * r).sum(1) / (r * r).sum(1)
     assert changed.sum() > 20 and np.abs(p - b - a[:, None] * r).max() < 12
+    # as STVG-R1 draws it: the text starts (bottom-left) at the centre, stroke >= 2, and
+    # objects under 1/3 of the largest are not labelled unless asked
+    ov = IdOverlay("stvg-r1")
+    labels = ov.layout(img, IDS, BOXES, masks)
+    assert [lb.origin for lb in labels] == [(24, 24), (71, 47)]
+    assert all(lb.thickness >= 2 for lb in labels)
+    small = np.array([[8, 10, 40, 40], [60, 50, 66, 56]], np.float32)
+    drawn = IdOverlay("stvg-r1").annotate(img, IDS, small)
+    assert nearest_color_distance(drawn, (63, 53), (255, 0, 0)) > 100
+    assert IdOverlay("stvg-r1", min_relative_area=0.0).min_relative_area == 0.0
 
 
 def test_label_center_rules():
