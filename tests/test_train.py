@@ -237,7 +237,8 @@ def test_eval_steps_log_evaluation_metrics_next_to_training_metrics(mini_demo, t
 def test_a_round_with_nothing_in_the_loss_moves_no_weight_under_ddp():
     """All groups skipped (equal rewards, beta = 0): no optimiser step, so AdamW's momentum
     and weight decay cannot move the weights through DDP's zero-filled gradients (a real
-    one-rank gloo group runs the all-reduce); the step counter and schedule still advance."""
+    one-rank gloo group runs the all-reduce); the step counter advances, the schedule
+    follows the optimiser steps taken (as transformers' Trainer)."""
     import socket
     from types import SimpleNamespace
 
@@ -267,5 +268,6 @@ def test_a_round_with_nothing_in_the_loss_moves_no_weight_under_ddp():
         stats = optimise(run, Round([], {}, {}, num_tokens=0.0, num_sequences=0.0))
         assert all(torch.equal(a, b) for a, b in zip(before, params))
         assert run.state.step == 1 and not run.weights_changed and stats["grad_norm"] == [0.0]
+        assert sched.last_epoch == 0  # no optimiser step, no schedule step
     finally:
         td.destroy_process_group()

@@ -255,8 +255,8 @@ def optimise(run, rnd: Round) -> dict[str, list[float]]:
         average_gradients(run.params, run.dist)
         grad_norm = clip_grad_norm(run.params, run.cfg.max_grad_norm)
         run.optimizer.step()  # nothing in the loss: no step (AdamW's momentum would move weights)
+        run.scheduler.step()  # as transformers' Trainer: the schedule follows the steps taken
         run.weights_changed = True
-    run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.state.step += 1
     _add(stats, "grad_norm", grad_norm)
