@@ -4,7 +4,6 @@ flags, and the folder identity derived from it (:data:`OUTPUT_VERSION`, the dete
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
@@ -18,9 +17,8 @@ from pipeline.track import KALMAN_STATES, TRACKERS
 
 
 def _opt(default, help: str, **cli):
-    """A config field with its command-line help. Of the argparse extras, ``choices`` and
-    ``metavar`` are used; ``type``, ``nargs`` and ``action`` follow from the annotation
-    (:mod:`pipeline.cli`), so passing them changes nothing."""
+    """A config field with its command-line help (and ``choices`` / ``metavar``); how the
+    text is read follows from the annotation (:mod:`pipeline.cli`)."""
     return field(default=default, metadata={"help": help, **cli})
 
 
@@ -49,51 +47,40 @@ class PreprocessConfig:
         0.1,
         "detector threshold = the lowest score ByteTrack sees (0.1-0.25 boxes only extend "
         "tracks; new tracks need 0.25)",
-        type=float,
     )
-    nms_iou: float = _opt(0.5, "detector NMS IoU threshold", type=float)
+    nms_iou: float = _opt(0.5, "detector NMS IoU threshold")
     agnostic_nms: bool = _opt(
         True,
         "NMS across classes: one box per object, so a half-confused object (a circle also "
         "scored as a square) does not get two tracks and two IDs",
-        action=argparse.BooleanOptionalAction,
     )
     classes: tuple[str, ...] | None = _opt(
-        None, "keep only these detector classes (names or ids), e.g. person", nargs="+"
+        None, "keep only these detector classes (names or ids), e.g. person"
     )
-    imgsz: int | None = _opt(None, "detector input size (default: the checkpoint's)", type=int)
-    batch_size: int = _opt(16, "frames per detector call", type=int)
+    imgsz: int | None = _opt(None, "detector input size (default: the checkpoint's)")
+    batch_size: int = _opt(16, "frames per detector call")
     track_fps: float | None = _opt(
-        None, "rate at which frames are detected and tracked (default: native)", type=float
+        None, "rate at which frames are detected and tracked (default: native)"
     )
-    out_fps: float = _opt(2.0, "rate of the stored, overlaid frames", type=float)
-    max_side: int | None = _opt(
-        640, "shrink frames so the longer side is at most this (0: keep)", type=int
-    )
-    min_track_frames: int = _opt(3, "drop tracks observed in fewer frames", type=int)
-    max_gap_s: float = _opt(
-        0.5, "interpolate a track's box across gaps up to this long", type=float
-    )
+    out_fps: float = _opt(2.0, "rate of the stored, overlaid frames")
+    max_side: int | None = _opt(640, "shrink frames so the longer side is at most this (0: keep)")
+    min_track_frames: int = _opt(3, "drop tracks observed in fewer frames")
+    max_gap_s: float = _opt(0.5, "interpolate a track's box across gaps up to this long")
     overlay_style: str = _opt(
         "number",
         "how IDs are drawn: legible numbers (outlined, contrasting, never overlapping) alone or "
         "with boxes or mask contours, or stvg-r1 (STVG-R1's red number at the mask centre)",
         choices=OVERLAY_STYLES,
     )
-    jpeg_quality: int = _opt(90, "JPEG quality of the stored frames", type=int)
-    min_match_iou: float = _opt(
-        0.3, "GT frames whose best track IoU is below this do not vote", type=float
-    )
-    match_thresh: float = _opt(
-        0.8, "ByteTrack first-association cost threshold (1 - IoU)", type=float
-    )
+    jpeg_quality: int = _opt(90, "JPEG quality of the stored frames")
+    min_match_iou: float = _opt(0.3, "GT frames whose best track IoU is below this do not vote")
+    match_thresh: float = _opt(0.8, "ByteTrack first-association cost threshold (1 - IoU)")
     track_buffer: int = _opt(
-        30, "ByteTrack: frames (at 30 fps) a lost track waits to be found again", type=int
+        30, "ByteTrack: frames (at 30 fps) a lost track waits to be found again"
     )
     fuse_score: bool = _opt(
         False,
         "ByteTrack: multiply IoU by the detection score in the first association",
-        action=argparse.BooleanOptionalAction,
     )
     kalman: str = _opt(
         "xywh",
@@ -106,13 +93,11 @@ class PreprocessConfig:
         "one ID per object at a time: a track moving with a longer one (any class, alike "
         "in look) at IoU >= this is cut for those frames, dropped if that is 60%% of its "
         "frames (0: keep all)",
-        type=float,
     )
     edge_extend_s: float = _opt(
         1.0,
         "continue a track that leaves (enters) through the frame border at its velocity, "
         "clipped to the frame, until it is gone, at most this long (0: off)",
-        type=float,
     )
     # ---- identity across occlusion, labels, masks
     tracker: str = _opt(
@@ -126,10 +111,9 @@ class PreprocessConfig:
         "after tracking, link tracklets of one object (same class, similar look, plausible "
         "place) that are apart by up to this many seconds into one ID; never two tracklets "
         "seen at the same time (0: off)",
-        type=float,
     )
     associate_min_sim: float = _opt(
-        0.6, "least appearance similarity (cosine) of two tracklets linked into one ID", type=float
+        0.6, "least appearance similarity (cosine) of two tracklets linked into one ID"
     )
     masks: str = _opt(
         "detector",
@@ -143,7 +127,6 @@ class PreprocessConfig:
     fps: float | None = _opt(
         None,
         "frame rate of JPEG-frame folders (folder dataset; default: the dataset's, 30 for folder)",
-        type=float,
     )
 
     def __post_init__(self):
