@@ -245,11 +245,12 @@ def cut_metrics(path: Path, step: int) -> None:
     produced again by the resumed run)."""
     if not path.is_file():
         return
+    from pipeline.shards import atomic_file
+
     keep = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= step]  # fmt: skip
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(path)
+    with atomic_file(path, "w") as f:
+        f.writelines(line + "\n" for line in keep)
 
 
 # ------------------------------------------------------------------ the model as HF folder

@@ -215,12 +215,8 @@ def sum_over_ranks(values: list[float], dist: Dist) -> list[float]:
 def mean_over_ranks(stats: dict[str, list[float]], dist: Dist) -> dict[str, float]:
     """Mean of every key's values pooled over all ranks (each value counts once)."""
     local = {k: (float(sum(v)), len(v)) for k, v in stats.items() if len(v)}
-    if not dist.enabled:
-        return {k: s / n for k, (s, n) in local.items()}
-    gathered: list[dict] = [{} for _ in range(dist.world_size)]
-    torch.distributed.all_gather_object(gathered, local)
     pooled: dict[str, list[float]] = {}
-    for part in gathered:
+    for part in gather_objects(local, dist):
         for k, (s, n) in part.items():
             acc = pooled.setdefault(k, [0.0, 0])
             acc[0] += s

@@ -217,8 +217,7 @@ def _model_answers(model, items, *, template, rollout, max_new_tokens, fps, max_
         for i, group in zip(good, groups):
             text = group[0].text
             a = parse_answer(text)
-            span = None if a.start_s is None or a.end_s is None else (a.start_s, a.end_s)
-            out[i] = (tuple(a.ids), span, text, None)
+            out[i] = (a.ids, a.span_s, text, None)
     return out
 
 

@@ -135,7 +135,8 @@ def collect_round(run) -> Round:
 
     cfg, dist, G = run.cfg, run.dist, run.cfg.num_generations
     rnd = Round([], {}, {"rollout": 0.0, "reward": 0.0})
-    run.engine.wake_up()
+    # no wake_up() here: a push wakes the engine in stages (weights first, then the KV
+    # cache), and generate() wakes it when nothing is pushed
     if run.weights_changed or run.engine.needs_weights:
         run.engine.sync_weights(run.model)
         run.weights_changed = False

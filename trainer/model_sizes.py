@@ -61,8 +61,9 @@ KNOWN_ARCHITECTURES: dict[str, dict] = {
         "tie_word_embeddings": True,
     },
 }
-# Repeated layers: decoder layers and vision blocks (the units FSDP2 shards one by one).
-_UNIT = re.compile(r"^(.*\.(?:layers|blocks)\.\d+)\.")
+# Repeated layers: decoder layers and vision blocks (the units FSDP2 shards one by one,
+# and the vLLM weight push gathers one at a time).
+UNIT_RE = re.compile(r"^(.*\.(?:layers|blocks)\.\d+)\.")
 
 
 def load_model_config(model: str | Path):
@@ -155,7 +156,7 @@ def model_sizes(
         if is_lora or (lora is None and not (freeze_vision and in_vision)):
             trainable += n
             tensors += 1
-        unit = _UNIT.match(name)
+        unit = UNIT_RE.match(name)
         if unit:
             units[unit.group(1)] = units.get(unit.group(1), 0) + n
     text, vis = config.get_text_config(), config.vision_config

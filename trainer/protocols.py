@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from pipeline.geometry import box_iou, paired_box_iou
+from pipeline.geometry import box_area, box_iou, nearest_index, paired_box_iou
 from pipeline.records import QueryRecord
 from pipeline.shards import ShardVideo
 from trainer.metrics import gt_tube, j_and_f, sample_metrics, summarize, valid_span
@@ -40,10 +40,7 @@ MASK_KEYS = ("J", "F", "J&F")
 
 def _largest(cands: np.ndarray) -> np.ndarray | None:
     """(K, 4) -> the box of largest area, or None when K = 0."""
-    if not len(cands):
-        return None
-    wh = np.clip(cands[:, 2:] - cands[:, :2], 0, None)
-    return cands[int(np.argmax(wh[:, 0] * wh[:, 1]))]
+    return cands[int(np.argmax(box_area(cands)))] if len(cands) else None
 
 
 def _best_overlap(cands: np.ndarray, ref: np.ndarray) -> np.ndarray | None:
@@ -133,16 +130,8 @@ def _gt_at(query: QueryRecord, times: np.ndarray, tol: float) -> list:
     """The ground-truth (union) box annotated within ``tol`` of each time, else None."""
     tube = gt_tube(query)
     keys = np.array(sorted(tube), dtype=np.float64)
-    out = []
-    for t in times:
-        if not keys.size:
-            out.append(None)
-            continue
-        k = int(np.argmin(np.abs(keys - t)))
-        out.append(
-            np.asarray(tube[float(keys[k])], np.float64) if abs(keys[k] - t) <= tol else None
-        )
-    return out
+    picks = nearest_index(keys, times, tol)
+    return [None if k < 0 else np.asarray(tube[float(keys[k])], np.float64) for k in picks]
 
 
 # ------------------------------------------------------------------ masks: J&F

@@ -52,6 +52,7 @@ def cold_start(
         save_model,
         seed_everything,
     )
+    from trainer.prompt import STOP_TOKENS
     from trainer.rollout import build_requests
 
     seed_everything(cfg.seed)
@@ -69,7 +70,7 @@ def cold_start(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate or cfg.learning_rate)
     rng = np.random.default_rng(cfg.seed)
-    eos = processor.tokenizer.decode([processor.tokenizer.convert_tokens_to_ids("<|im_end|>")])
+    eos = STOP_TOKENS[0]  # the chat template's end of turn
     model.train()
     bar = tqdm(range(steps), desc="sft", unit="step", disable=not progress)
     for _ in bar:

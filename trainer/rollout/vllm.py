@@ -30,7 +30,6 @@ Written against vLLM 0.33 (the ``gpu`` extra's pin); every vLLM call below exist
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from trainer.data import video_metadata
+from trainer.model_sizes import UNIT_RE
 from trainer.policy import vision_token_ids
 from trainer.rollout.base import (
     Completion,
@@ -47,8 +47,6 @@ from trainer.rollout.base import (
     stop_token_ids,
 )
 
-# Repeated units of the model (decoder layers, vision blocks): the push gathers one at a time.
-_UNIT = re.compile(r"^(.*\.(?:layers|blocks)\.\d+)\.")
 _WRAPPERS = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_orig_mod.")
 REQUIRED_LLM_API = ("generate", "sleep", "wake_up", "reset_prefix_cache", "apply_model")
 REQUIRED_ENGINE_API = ("reset_encoder_cache",)
@@ -143,7 +141,7 @@ def weight_batches(model) -> Iterator[list[tuple[str, torch.Tensor]]]:
         if "lora_" in name:
             continue
         name = vllm_weight_name(name)
-        match = _UNIT.match(name)
+        match = UNIT_RE.match(name)
         key = match.group(1) if match else name
         if batch and key != unit:
             yield batch
