@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.tracklets import RawTrack
+from pipeline.tracklets import RawTrack, border_sides
 
 _INFEASIBLE = 1e6
 
@@ -108,20 +108,6 @@ def _velocity(times: list[float], boxes: list[np.ndarray], n: int = 5) -> np.nda
     return np.polyfit(t - t[-1], c, 1)[0]
 
 
-def _sides(b: np.ndarray, wh: tuple[int, int] | None) -> frozenset[str]:
-    """The frame border sides box ``b`` touches ("left", "top", "right", "bottom")."""
-    if wh is None:
-        return frozenset()
-    margin = max(1.0, 0.01 * max(wh))
-    touch = {
-        "left": b[0] <= margin,
-        "top": b[1] <= margin,
-        "right": b[2] >= wh[0] - margin,
-        "bottom": b[3] >= wh[1] - margin,
-    }
-    return frozenset(k for k, v in touch.items() if v)
-
-
 def _border_offset(a: _Ends, b: _Ends, gap: float, wh: tuple[int, int]) -> float | None:
     """Least offset, as a fraction of the side's length, between where ``a`` left and
     where ``b`` enters along a border side both touch (None when they share none).
@@ -146,8 +132,8 @@ def _ends(r: RawTrack, wh: tuple[int, int] | None) -> _Ends:
         first=np.asarray(r.xyxy[0], np.float64),
         last=np.asarray(r.xyxy[-1], np.float64),
         velocity_end=_velocity(r.times_s, r.xyxy),
-        entered=_sides(r.xyxy[0], wh),
-        exited=_sides(r.xyxy[-1], wh),
+        entered=border_sides(r.xyxy[0], wh),
+        exited=border_sides(r.xyxy[-1], wh),
         embedding=r.embedding(),
     )
 

@@ -295,12 +295,19 @@ def resolve_duplicates(
     return sorted(kept, key=lambda r: r.times_s[0])
 
 
-def _touches_border(box: np.ndarray, wh: tuple[int, int]) -> bool:
+def border_sides(b: np.ndarray, wh: tuple[int, int] | None) -> frozenset[str]:
+    """The frame border sides box ``b`` touches ("left", "top", "right", "bottom"), within
+    1% of the frame's longer side; none when the frame size is unknown."""
+    if wh is None:
+        return frozenset()
     margin = max(1.0, 0.01 * max(wh))
-    w, h = wh
-    return bool(
-        box[0] <= margin or box[1] <= margin or box[2] >= w - margin or box[3] >= h - margin
-    )
+    touch = {
+        "left": b[0] <= margin,
+        "top": b[1] <= margin,
+        "right": b[2] >= wh[0] - margin,
+        "bottom": b[3] >= wh[1] - margin,
+    }
+    return frozenset(k for k, v in touch.items() if v)
 
 
 def _exit_boxes(
@@ -323,7 +330,7 @@ def _exit_boxes(
     for another reason is left alone.
     """
     n = min(fit_frames, len(times))
-    if n < 2 or not _touches_border(boxes[0], wh):
+    if n < 2 or not border_sides(boxes[0], wh):
         return [], []
     t = np.asarray(times[:n], np.float64)
     dt = t - t[0]
