@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.locks import shard_tag
 from pipeline.records import VideoRecord
 from pipeline.shards import atomic_file, write_json_atomic
 
@@ -37,6 +38,9 @@ FAILURE_HISTORY = "_failure_history.jsonl"  # every failure of every run, append
 
 class OutputConflictError(RuntimeError):
     """The output folder holds shards made with other settings (or of unknown origin)."""
+
+
+UNSHARDED = shard_tag(1, 0)  # the tag of a run that does not split the dataset
 
 
 def shard_of(video_id: str, num_shards: int) -> int:
@@ -159,12 +163,12 @@ _SUMMARY_COLUMNS = (
 
 def manifest_name(tag: str) -> str:
     """``_manifest.json`` for an unsharded run, ``_manifest-<tag>.json`` for a share."""
-    return MANIFEST if tag == "000of001" else f"_manifest-{tag}.json"
+    return MANIFEST if tag == UNSHARDED else f"_manifest-{tag}.json"
 
 
 def failures_name(tag: str) -> str:
     """``_failures.jsonl`` for an unsharded run, ``_failures-<tag>.jsonl`` for a share."""
-    return FAILURES if tag == "000of001" else f"_failures-{tag}.jsonl"
+    return FAILURES if tag == UNSHARDED else f"_failures-{tag}.jsonl"
 
 
 def manifest_paths(out_dir: Path) -> list[Path]:
@@ -232,7 +236,7 @@ def _config_diff(old: dict, new: dict) -> str:
 
 def manifest_tag(manifest: Path) -> str:
     """The share a manifest file belongs to, from its name (``000of001`` for ``_manifest.json``)."""
-    return "000of001" if manifest.name == MANIFEST else manifest.stem.split("-", 1)[1]
+    return UNSHARDED if manifest.name == MANIFEST else manifest.stem.split("-", 1)[1]
 
 
 def _read_manifest(path: Path) -> dict:
@@ -254,7 +258,7 @@ def _clear(out_dir: Path) -> None:
 
 
 def prepare_output(
-    out_dir: Path, config: PreprocessConfig, overwrite: bool, meta: dict, tag: str = "000of001"
+    out_dir: Path, config: PreprocessConfig, overwrite: bool, meta: dict, tag: str = UNSHARDED
 ) -> None:
     """Check the folder against ``config`` and mark this share as running.
 
