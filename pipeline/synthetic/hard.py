@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.runtime import DATA_DIR
 from pipeline.synthetic.scene import (
     COLORS_RGB,
     SHAPES,
@@ -53,7 +54,8 @@ from pipeline.synthetic.scene import (
 KINDS = ("occlusion", "reenter", "crossing", "crowd")
 TRAP_KINDS = ("newcomer",)
 ALL_KINDS = KINDS + TRAP_KINDS
-DEFAULT_OUT = Path("data/raw/synthetic-hard")
+DEFAULT_OUT = DATA_DIR / "raw" / "synthetic-hard"
+HARD_CONFIG = SceneConfig(duration_s=10.0)  # 10 s at the default 10 fps and 320x240
 
 
 PILLAR_RGB = (70, 62, 58)
@@ -220,7 +222,7 @@ def make_hard_scene(kind: str, seed: int, cfg: SceneConfig | None = None) -> Har
     """One scripted scene of ``kind`` (see ``ALL_KINDS``); deterministic for a seed."""
     if kind not in ALL_KINDS:
         raise ValueError(f"kind must be one of {ALL_KINDS}, got {kind!r}")
-    cfg = cfg or SceneConfig(duration_s=10.0)
+    cfg = cfg or HARD_CONFIG
     rng = np.random.default_rng([seed, ALL_KINDS.index(kind)])
     built = _BUILDERS[kind](rng, cfg)
     objects, pillar = built if kind == "occlusion" else (built, None)
@@ -267,7 +269,9 @@ def write_hard_split(out: str | Path, seed: int = 0, per_kind: int = 3) -> dict:
             )
             (out / f"{scene.video_id}.gt.txt").write_text("\n".join(mot_rows(scene)) + "\n")
             videos.append({"video": scene.video_id, "kind": kind, "objects": len(scene.objects)})
-    summary = {"seed": seed, "per_kind": per_kind, "fps": 10.0, "videos": videos}
+    cfg = HARD_CONFIG
+    summary = {"seed": seed, "per_kind": per_kind, "fps": cfg.fps, "width": cfg.width,
+               "height": cfg.height, "videos": videos}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
