@@ -12,7 +12,6 @@ import re
 import pytest
 
 from pipeline.runtime import REPO_ROOT
-from trainer.tiny import ensure_tiny_model
 
 
 def _load_bench():
@@ -25,11 +24,6 @@ def _load_bench():
 
 
 bench = _load_bench()
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    return ensure_tiny_model(tmp_path_factory.getbasetemp() / "tiny-qwen2.5-vl")
 
 
 def test_help_explains_the_main_options():

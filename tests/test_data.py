@@ -16,18 +16,12 @@ from trainer.data import (
     sample_indices,
     video_inputs,
 )
-from trainer.tiny import ensure_tiny_model
 
 PROMPT = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
     "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Which ID?<|im_end|>\n"
     "<|im_start|>assistant\n"
 )
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    return ensure_tiny_model(tmp_path_factory.getbasetemp() / "tiny-qwen2.5-vl")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("ray", reason="needs the ray extra: pip install -e '.[ray]'")
+
 from pipeline.config import PreprocessConfig
 from pipeline.output import FAILURES, MANIFEST
 from pipeline.preprocess import main, run
