@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
+from ultralytics.data.utils import polygon2mask
+from ultralytics.utils.ops import segments2boxes
 
 from pipeline.synthetic import (
     SHAPES,
@@ -36,7 +38,7 @@ from pipeline.synthetic.scene import (
     make_stamp,
     render_masks,
 )
-from pipeline.synthetic.writer import VIDEO_SPLITS
+from pipeline.synthetic.writer import VIDEO_SPLITS, mask_polygon
 
 # pycocotools' decode trips numpy 2's copy= deprecation on every call; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -493,12 +495,48 @@ def test_yolo_labels_match_masks(data):
             visible = [o for o in scene.objects if scene.masks[o.obj_id, int(t)].any()]
             assert len(rows) == len(visible)
             for row, obj in zip(rows, visible):
-                cls, cx, cy, w, h = int(row[0]), *map(float, row[1:])
+                # Ultralytics' segmentation format: class, then a normalised polygon
+                cls, xy = int(row[0]), np.array(row[1:], dtype=np.float64).reshape(-1, 2)
                 assert cls == SHAPES.index(obj.shape)
-                assert all(0 <= v <= 1 for v in (cx, cy, w, h))
-                x1, y1, x2, y2 = _tight_xyxy(scene.masks[obj.obj_id, int(t)])
-                expect = ((x1 + x2) / 320, (y1 + y2) / 240, (x2 - x1) / 160, (y2 - y1) / 120)
-                assert (cx, cy, w, h) == pytest.approx(expect, abs=1e-6)
+                assert len(xy) >= 3 and ((xy >= 0) & (xy <= 1)).all()
+                pixels = xy * [160, 120]
+                mask = scene.masks[obj.obj_id, int(t)]
+                # Ultralytics' own rasteriser redraws the visible mask from the label
+                drawn = polygon2mask((120, 160), [np.round(pixels).reshape(-1)]).astype(bool)
+                assert (drawn & mask).sum() / (drawn | mask).sum() > 0.85
+                # and the box its detection training takes from the polygon is the mask's
+                x1, y1, x2, y2 = _tight_xyxy(mask)
+                bx1, by1, bx2, by2 = (float(v) for v in segments2boxes([pixels])[0][:4])
+                box = (bx1 - bx2 / 2, by1 - by2 / 2, bx1 + bx2 / 2, by1 + by2 / 2)
+                assert box == pytest.approx((x1, y1, x2 - 1, y2 - 1), abs=1e-3)
+
+
+def test_mask_polygon_joins_the_pieces_of_a_split_mask():
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[5:20, 5:15] = True  # two pieces of one object (an occluder between them)
+    mask[5:20, 30:45] = True
+    poly = mask_polygon(mask)
+    drawn = polygon2mask((40, 60), [poly.reshape(-1)]).astype(bool)
+    assert drawn[mask].all()  # both pieces, in one polygon
+    assert (drawn & ~mask).sum() <= 2 * 15  # plus at most a thin bridge between them
+    whole = np.zeros((40, 60), dtype=bool)
+    whole[10:30, 10:30] = True
+    assert (polygon2mask((40, 60), [mask_polygon(whole).reshape(-1)]).astype(bool) == whole).all()
+
+
+def test_an_older_generator_version_is_rewritten(tmp_path):
+    out = tmp_path / "y"
+    kw = dict(
+        num_train=0, num_test=0, det_train=2, det_val=1, width=160, height=120, duration_s=2.0
+    )
+    generate(out, formats=("yolo",), progress=False, **kw)
+    summary = json.loads((out / "summary.json").read_text())
+    summary["params"]["generator_version"] -= 1
+    (out / "summary.json").write_text(json.dumps(summary))
+    (out / "yolo" / "labels" / "train" / "stale.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    again = generate(out, formats=("yolo",), progress=False, **kw)
+    assert again["params"]["generator_version"] == summary["params"]["generator_version"] + 1
+    assert not (out / "yolo" / "labels" / "train" / "stale.txt").exists()
 
 
 def test_same_seed_same_bytes_and_other_seed_differs(data, tmp_path):

@@ -9,7 +9,8 @@
 - ``hcstvg/``: ``video/<vid>.mp4`` (H.264, yuv420p, the same frames) and
   ``anno/{train,test}.json`` (one single-target query per video, 1-based ``st_frame``,
   one xywh box per frame of the span);
-- ``yolo/``: ``images/{train,val}/*.jpg``, ``labels/{train,val}/*.txt`` and ``data.yaml``
+- ``yolo/``: ``images/{train,val}/*.jpg``, ``labels/{train,val}/*.txt`` (one polygon of
+  the visible mask per object, Ultralytics' segmentation format) and ``data.yaml``
   (classes = ``SHAPES``) from separately seeded scenes;
 - ``summary.json``: parameters, counts and paths. A second call with the same
   parameters returns it at once; different parameters are an error unless ``force``.
@@ -35,7 +36,7 @@ from pipeline.synthetic.motion import make_scene
 from pipeline.synthetic.scene import SHAPES, Scene, SceneConfig
 from pipeline.video_io import write_mp4
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FORMATS = ("mevis", "hcstvg", "yolo")
 DEFAULT_OUT = DATA_DIR / "raw" / "synthetic"
 # (MeViS split, HC-STVG split, seed stream); detection splits use streams 2 and 3.
@@ -134,18 +135,49 @@ def hcstvg_entry(scene: Scene) -> dict:
     }
 
 
+def mask_polygon(mask: np.ndarray) -> np.ndarray:
+    """(K, 2) float pixel polygon (x, y) tracing a visible mask, pieces joined into one.
+
+    The outer contours (OpenCV) of every connected piece are joined into one polygon at
+    their closest points by Ultralytics' ``merge_multi_segment``, the converter its
+    COCO-to-YOLO tool uses, because a YOLO segmentation label holds one polygon per
+    object. Points are pixel indices, so ``cv2.fillPoly`` (what Ultralytics rasterises
+    labels with) redraws the mask's pixels. A piece too small to outline (fewer than
+    three contour points) contributes its box corners.
+    """
+    import cv2
+    from ultralytics.data.converter import merge_multi_segment
+
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    pieces = []
+    for c in contours:
+        pts = c.reshape(-1, 2).astype(np.float64)
+        if len(pts) < 3:
+            (x1, y1), (x2, y2) = pts.min(0), pts.max(0)
+            pts = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=np.float64)
+        pieces.append(pts)
+    if len(pieces) == 1:
+        return pieces[0]
+    return np.concatenate([np.asarray(p).reshape(-1, 2) for p in merge_multi_segment(pieces)])
+
+
 def yolo_label_lines(scene: Scene, frame_idx: int) -> list[str]:
-    """``class cx cy w h`` (normalised) per visible object, from the visible masks' boxes."""
+    """``class x1 y1 x2 y2 ...`` (normalised polygon) per visible object.
+
+    Ultralytics' segmentation label format; its detection training reads the same
+    files and takes each polygon's box, so one set trains either task.
+    """
     w, h = scene.config.width, scene.config.height
     lines = []
     for obj in scene.objects:
-        x1, y1, x2, y2 = (float(v) for v in scene.boxes_xyxy[obj.obj_id, frame_idx])
-        if math.isnan(x1):
+        mask = scene.masks[obj.obj_id, frame_idx]
+        if not mask.any():
             continue
         cls = SHAPES.index(obj.shape)
-        lines.append(
-            f"{cls} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
-        )
+        poly = mask_polygon(mask) / np.array([w, h], dtype=np.float64)
+        lines.append(f"{cls} " + " ".join(f"{v:.6f}" for v in poly.reshape(-1)))
     return lines
 
 
@@ -180,6 +212,11 @@ def _prepare_out(out: Path, params: dict, force: bool) -> dict | None:
             for k in set(params) | set(old.get("params", {}))
             if old.get("params", {}).get(k) != params.get(k)
         )
+        if diff == ["generator_version"]:  # same settings, older writer: regenerate
+            print(f"{out}: written by generator version {old['params'].get('generator_version')}, "
+                  f"rewriting it with version {params['generator_version']}")  # fmt: skip
+            force = True
+    if summary_path.exists() and not force:
         raise FileExistsError(
             f"{out} holds a synthetic dataset generated with different parameters ({', '.join(diff)}: "
             f"{ {k: old.get('params', {}).get(k) for k in diff} } there, "
@@ -293,7 +330,9 @@ def generate(
 
     Idempotent: if ``out_dir`` already holds a dataset made with the same parameters it is
     left alone and its summary returned; other parameters raise ``FileExistsError`` unless
-    ``force``, which deletes and rewrites the ``mevis``/``hcstvg``/``yolo`` folders.
+    ``force``, which deletes and rewrites the ``mevis``/``hcstvg``/``yolo`` folders. A
+    dataset that an older :data:`GENERATOR_VERSION` wrote with the same parameters is
+    rewritten (it is derived data; nothing is lost).
     """
     from tqdm import tqdm
 
