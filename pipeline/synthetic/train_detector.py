@@ -22,11 +22,12 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.runtime import DATA_DIR, RUNS_DIR, configure_offline, resolve
+from pipeline.detect import DEFAULT_WEIGHTS_NAME
+from pipeline.runtime import ASSETS_DIR, DATA_DIR, RUNS_DIR, configure_offline, resolve
 from pipeline.shards import write_json_atomic
 
 DEFAULT_ROOT = DATA_DIR / "raw" / "synthetic"
-DEFAULT_OUT = Path(__file__).resolve().parent / "assets" / "synthetic-yolo11n.pt"
+DEFAULT_OUT = ASSETS_DIR / DEFAULT_WEIGHTS_NAME
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
@@ -84,6 +85,7 @@ def train(
     scale: float = 0.25,
     close_mosaic: int = 15,
     init: Path | None = None,
+    segment: bool = False,
 ) -> dict:
     """Train from ``yolo11n.yaml`` (or fine-tune ``init``), copy the stripped ``best.pt`` to ``out``, write ``out``.json.
 
@@ -104,12 +106,19 @@ def train(
 
     data_yaml = Path(data_yaml).resolve()
     run_dir = Path(run_dir).resolve()
-    if init is None:
-        model = YOLO("yolo11n.yaml")  # architecture only: random init, nothing to download
-    else:
+    if init is not None:
         init = Path(init).resolve()
         if not init.is_file():
             raise FileNotFoundError(f"--init checkpoint {init} does not exist")
+    if segment:
+        # architecture only (nothing to download); a detection checkpoint's backbone, neck
+        # and box/class branches carry over by name, the mask branch starts random
+        model = YOLO("yolo11n-seg.yaml")
+        if init is not None:
+            model.load(str(init))
+    elif init is None:
+        model = YOLO("yolo11n.yaml")  # architecture only: random init, nothing to download
+    else:
         model = YOLO(str(init))
     t0 = time.perf_counter()
     model.train(
@@ -159,6 +168,15 @@ def train(
         "checkpoint": out.name,
         "mAP50": round(float(val.box.map50), 4),
         "mAP50-95": round(float(val.box.map), 4),
+        **(
+            {
+                "mask_mAP50": round(float(val.seg.map50), 4),
+                "mask_mAP50-95": round(float(val.seg.map), 4),
+            }
+            if segment
+            else {}
+        ),
+        "task": "segment" if segment else "detect",
         "epochs": epochs,
         "imgsz": imgsz,
         "batch": batch,
@@ -226,6 +244,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="fine-tune this checkpoint instead of training yolo11n from random weights",
     )
+    ap.add_argument(
+        "--segment",
+        action="store_true",
+        help="train yolo11n-seg (boxes and masks; with --init, a detection checkpoint's weights carry over)",
+    )
     ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or 0")
     ap.add_argument(
         "--out",
@@ -255,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         scale=args.scale,
         close_mosaic=args.close_mosaic,
         init=resolve(args.init) if args.init else None,
+        segment=args.segment,
     )
     print(json.dumps(metrics, indent=2))
 
