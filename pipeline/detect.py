@@ -5,7 +5,8 @@ boxes (and masks for ``*-seg`` weights) that the tracker links over time, each w
 appearance embedding read from the detector's own feature maps (as Ultralytics BoT-SORT's
 ``model: auto`` ReID does) for re-identification across occlusions. Without
 named weights the project's own small checkpoint trained on the synthetic set is
-used (``pipeline/assets/synthetic-yolo11n.pt``), so nothing is ever downloaded.
+used (``pipeline/assets/synthetic-yolo11n-seg.pt``, a segmentation model, so the
+synthetic set's tracks carry masks), so nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import supervision as sv
 
 from pipeline.runtime import ASSETS_DIR, MODELS_DIR, configure_offline, find_model_file
 
-DEFAULT_WEIGHTS_NAME = "synthetic-yolo11n.pt"
+DEFAULT_WEIGHTS_NAME = "synthetic-yolo11n-seg.pt"
 SYNTHETIC_ALIAS = "synthetic"
 """``--weights synthetic``: the committed checkpoint, asked for by name."""
 
@@ -165,6 +166,8 @@ class Detector:
             "classes": self.class_ids,
             "verbose": False,
         }
+        if self.has_masks:  # masks at the frame's own resolution, not the 1/4 prototypes'
+            kwargs["retina_masks"] = True
         if self.imgsz is not None:
             kwargs["imgsz"] = self.imgsz
         if self.device is not None:

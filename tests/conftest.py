@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,29 @@ def tiny_dir(tmp_path_factory):
 
 
 SMALL_SYNTHETIC = dict(num_train=4, num_test=2, det_train=0, det_val=0, duration_s=4.0, seed=3)
+
+
+@pytest.fixture(scope="session")
+def detection_only_weights(tmp_path_factory) -> Path:
+    """A detection checkpoint made from the committed segmentation one: ``yolo11n.yaml``
+    takes its backbone, neck and box/class branches by name (Ultralytics' ``load``)."""
+    from ultralytics import YOLO
+
+    from pipeline.detect import default_weights
+
+    configure_offline()
+    import yaml
+    from ultralytics.nn.tasks import yaml_model_load
+
+    folder = tmp_path_factory.mktemp("detector")
+    seg = YOLO(str(default_weights()))
+    arch = {**yaml_model_load("yolo11n.yaml"), "nc": len(seg.names)}
+    (folder / "yolo11n.yaml").write_text(yaml.safe_dump(arch))
+    model = YOLO(str(folder / "yolo11n.yaml")).load(str(default_weights()))
+    model.model.names = seg.names
+    path = folder / "synthetic-yolo11n-det.pt"
+    model.save(str(path))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ def test_the_sam2_file_is_part_of_the_folder_identity(tmp_path):
     assert cfg.hash() != before
 
 
-def test_segmenter_masks_flow_from_detection_into_tracks():
+def test_segmenter_masks_flow_from_detection_into_tracks(detection_only_weights):
     from pipeline.detect import Detector
     from pipeline.synthetic import make_scene
     from pipeline.track import TrackerConfig, track_frames
@@ -56,7 +56,8 @@ def test_segmenter_masks_flow_from_detection_into_tracks():
         return m
 
     scene = make_scene(20240611, with_expressions=False)
-    det = Detector(conf=0.1, iou=0.5, segmenter=box_filler)
+    det = Detector(detection_only_weights, conf=0.1, iou=0.5, segmenter=box_filler)
+    assert not det.has_masks  # a detection checkpoint: the segmenter gives the masks
     frames = [(t / scene.config.fps, scene.frame(t)) for t in range(6)]
     tracks = track_frames(iter(frames), det, TrackerConfig(), scene.config.fps)
     assert calls and tracks

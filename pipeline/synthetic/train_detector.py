@@ -1,14 +1,18 @@
 """Train the project's small YOLO detector on synthetic detection sets (CPU).
 
-The model is built from ``yolo11n.yaml`` with random weights (no pretrained
-checkpoint exists offline) or fine-tuned from a checkpoint (``--init``), trained on a
-YOLO ``data.yaml`` (default ``<synthetic root>/yolo/data.yaml``) and copied, optimizer
-stripped, to ``pipeline/assets/synthetic-yolo11n.pt`` with its validation metrics and
-settings beside it (``synthetic-yolo11n.json``; a fine-tuned model's record nests the
+The model is built from ``yolo11n.yaml`` (``yolo11n-seg.yaml`` with ``--segment``) with
+random weights (no pretrained checkpoint exists offline) or fine-tuned from a checkpoint
+(``--init``), trained on a YOLO ``data.yaml`` (default ``<synthetic root>/yolo/data.yaml``,
+whose polygon labels serve both tasks) and copied, optimizer
+stripped, to ``pipeline/assets/synthetic-yolo11n-seg.pt`` with its validation metrics and
+settings beside it (``synthetic-yolo11n-seg.json``; a fine-tuned model's record nests the
 record of the checkpoint it started from). It is the detector used wherever real YOLO
-weights are not named. The committed one took three runs (``make detector`` repeats
-them): 30 epochs from scratch at 192 px on 400 images, 20 more at 320 px, then 15 at
-320 px on 1,200 images from 150 scenes. Run ``python -m pipeline.synthetic.train_detector --help``.
+weights are not named. The committed one took four runs (``make detector`` repeats
+them): a detector trained 30 epochs from scratch at 192 px on 400 images, 20 more at
+320 px, then 15 at 320 px on 1,200 images from 150 scenes; then the segmentation model
+started from it (backbone, neck and box/class branches carried over) and trained 10
+epochs at 320 px on the same 1,200 images with their mask polygons. Run
+``python -m pipeline.synthetic.train_detector --help``.
 """
 
 from __future__ import annotations
