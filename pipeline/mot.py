@@ -188,8 +188,8 @@ def bytetrack_alone(frames: Iterable[tuple[float, sv.Detections]], fps: float) -
 def tracks_on_frames(tracks: Sequence[Track], frame_times_s: Sequence[float]) -> FrameBoxes:
     """frame -> [(track id, xyxy)]: each track box on the frame nearest its time.
 
-    A box more than half the shortest frame interval from every frame is on none of
-    them (one frame: 0.5 s), so a track never lands twice on one frame.
+    A box half the shortest frame interval or more from every frame (one frame: 0.5 s)
+    is on none of them.
     """
     times = np.asarray(frame_times_s, dtype=np.float64)
     out: FrameBoxes = {k: [] for k in range(len(times))}
