@@ -4,7 +4,11 @@ block from a preprocessing run of a small harder synthetic split."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.mot import (
@@ -137,3 +141,131 @@ def test_tracks_land_on_the_frame_of_their_time():
     on = tracks_on_frames([a, b], times)
     assert {k: [i for i, _ in v] for k, v in on.items()} == {0: [1], 1: [1, 2], 2: [1], 3: []}
     np.testing.assert_array_equal(on[2][0][1], [2, 2, 6, 6])
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@pytest.fixture(scope="module")
+def hard_split(tmp_path_factory):
+    """One video of each kind of the harder split (MOTChallenge gt.txt beside each mp4),
+    and a JPEG folder without ground truth."""
+    import cv2
+
+    from pipeline.synthetic.hard import write_hard_split
+
+    root = tmp_path_factory.mktemp("hard")
+    write_hard_split(root, seed=0, per_kind=1)
+    (root / "clip").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(root / "clip" / f"{i:05d}.jpg"), np.full((48, 64, 3), 90, np.uint8))
+    return root
+
+
+def test_folder_records_carry_the_gt_file_beside_a_video(hard_split):
+    from pipeline.adapters.folder import SyntheticDetectorError, check_weights, iter_videos
+
+    records = {r.video_id: r for r in iter_videos(hard_split)}
+    assert records["crowd_000"].mot_gt == hard_split / "crowd_000.gt.txt"
+    assert records["clip"].mot_gt is None  # JPEG folders carry none
+    # the split's names are no synthetic-set names: the detector must be asked for by name
+    with pytest.raises(SyntheticDetectorError):
+        check_weights(None, "crowd_000")
+    check_weights("synthetic", "crowd_000")
+
+
+def test_processor_scores_the_tracked_frames_in_the_stored_size(hard_split):
+    from pipeline.adapters.folder import iter_videos
+    from pipeline.config import PreprocessConfig
+    from pipeline.processor import VideoProcessor
+
+    (record,) = [r for r in iter_videos(hard_split) if r.video_id == "crossing_000"]
+    gt = read_mot_gt(record.mot_gt)
+    native, _ = VideoProcessor(PreprocessConfig(weights="synthetic"))(record)
+    assert native["width"] == 320  # 320x240 at 10 fps: every frame, native size
+    assert native["mot"]["pipeline"]["num_frames"] == 100
+    assert native["mot"]["bytetrack"]["num_objects"] == sum(len(v) for v in gt.values())
+    # at 5 fps and 160x120: native frames 0, 2, 4, ... with their boxes halved
+    small, _ = VideoProcessor(PreprocessConfig(weights="synthetic", track_fps=5, max_side=160))(
+        record
+    )
+    assert (small["width"], small["height"]) == (160, 120)
+    for name in ("bytetrack", "pipeline"):
+        counts = small["mot"][name]
+        assert counts["num_frames"] == 50
+        assert counts["num_objects"] == sum(len(gt.get(k, [])) for k in range(0, 100, 2))
+        # unscaled ground truth would overlap no stored box: IDF1 near 0
+        assert scores(counts)["idf1"] > 0.8, (name, counts)
+
+
+def test_rows_without_the_mot_column_read_as_before(tmp_path):
+    """A part file of output version 3 (no ``mot`` column): readers give ``mot`` None and
+    the folder's tracking block is None."""
+    from pipeline.output import summarize_shards, summarize_tracking
+    from pipeline.shards import SCHEMA, make_row, read_videos
+
+    row = make_row(video_id="v0", dataset="folder", split="all", width=8, height=8, out_fps=2,
+                   track_fps=10, native_fps=10, frame_times_s=[0.0], frames=[b""], tracks=[],
+                   queries=[])  # fmt: skip
+    assert row["mot"] is None
+    old = pa.schema([f for f in SCHEMA if f.name != "mot"])
+    del row["mot"]
+    pq.write_table(
+        pa.Table.from_pylist([row], schema=old), tmp_path / "part-000of001-00000.parquet"
+    )
+    assert [v.mot for v in read_videos(tmp_path)] == [None]
+    assert summarize_tracking(tmp_path) is None
+    assert summarize_shards(tmp_path, 0.5)["videos"] == 1
+    with pytest.raises(ValueError, match="mot must map"):
+        make_row(**{**row, "frames": [b""], "mot": {"pipeline": {"idtp": 1}}})
+
+
+def test_preprocess_writes_the_tracking_block_and_keeps_it_on_resume(hard_split, tmp_path, capsys):
+    from pipeline.mot import TRACKERS
+    from pipeline.preprocess import main
+    from pipeline.shards import read_videos
+    from pipeline.views.summary import folder_summary, format_summary
+
+    out = tmp_path / "out"
+    args = ["--dataset", "folder", "--root", str(hard_split), "--out", str(out),
+            "--weights", "synthetic", "--no-progress"]  # fmt: skip
+    assert main([*args, "--limit", "2"]) == 0
+    first = json.loads((out / "_manifest.json").read_text())["tracking"]
+    assert first["videos"] == 2
+    assert main(args) == 0  # resumes: the 4 other videos (3 with ground truth)
+    printed = capsys.readouterr().out
+    manifest = json.loads((out / "_manifest.json").read_text())
+    block = manifest["tracking"]
+    assert block["videos"] == 5 and manifest["counts"]["videos"] == 6
+    # the block is the sum of the rows' counts, each video once
+    videos = list(read_videos(out))
+    assert [v.mot is None for v in videos].count(True) == 1  # the JPEG folder
+    for name in TRACKERS:
+        total = sum_counts(v.mot[name] for v in videos if v.mot is not None)
+        assert block[name] == {**scores(total), **total}
+    b, p = block["bytetrack"], block["pipeline"]
+    assert p["num_switches"] <= b["num_switches"] and p["idf1"] >= b["idf1"]
+    line = next(s for s in printed.splitlines() if s.startswith("tracking (5 videos"))
+    assert f"ID switches {b['num_switches']} -> {p['num_switches']}" in line
+    # the merged view recomputes the same block and shows the same line
+    view = folder_summary(out)
+    assert view["tracking"] == block
+    assert line in format_summary(view).splitlines()
+
+
+def test_the_mot_column_reads_back_from_every_reader(tmp_path):
+    import pandas as pd
+
+    from pipeline.shards import make_row, row_to_video, write_shard
+
+    counts = {name: i for i, name in enumerate(COUNT_FIELDS)}
+    mot = {"bytetrack": counts, "pipeline": {**counts, "num_switches": 0}}
+    row = make_row(video_id="v0", dataset="folder", split="all", width=8, height=8, out_fps=2,
+                   track_fps=10, native_fps=10, frame_times_s=[0.0], frames=[b""], tracks=[],
+                   queries=[], mot=mot)  # fmt: skip
+    path = write_shard(tmp_path / "part-000of001-00000.parquet", [row])
+    assert row_to_video(pq.read_table(path).to_pylist()[0]).mot == mot
+    assert row_to_video(pd.read_parquet(path).iloc[0]).mot == mot
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    assert row_to_video(ds[0]).mot == mot
