@@ -11,8 +11,9 @@ settings); the same detections then go to
   the cleaning, border extension, duplicate resolution and offline association);
 - ``pipeline-no-assoc``: the same with the offline association off;
 - ``pipeline-botsort``: the pipeline with BoT-SORT (detector features as ReID) online.
-Metrics come from ``motmetrics`` (IDF1, ID switches, fragmentations, MOTA; IoU >= 0.5),
-accumulated over all videos, per kind and in total; ratios of the pipeline to ByteTrack
+Metrics come from ``motmetrics`` (IDF1, ID switches, fragmentations, MOTA; IoU >= 0.5;
+the reading, matching and ByteTrack-alone tracker of :mod:`pipeline.mot`, which
+preprocessing also uses to put them in a shard folder's manifest), accumulated over all videos, per kind and in total; ratios of the pipeline to ByteTrack
 alone are printed. No assertion on the numbers.
 """
 
@@ -23,22 +24,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.mot import accumulate, bytetrack_alone, read_mot_gt, tracks_on_frames  # noqa: E402
+
 METRICS = ["idf1", "num_switches", "num_fragmentations", "mota", "num_unique_objects"]
-
-
-def read_gt(path: Path) -> dict[int, list[tuple[int, np.ndarray]]]:
-    """frame (0-based) -> [(id, xywh)] from a MOTChallenge gt.txt."""
-    out: dict[int, list] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            f, i, x, y, w, h = (float(v) for v in line.split(",")[:6])
-            out.setdefault(int(f) - 1, []).append((int(i), np.array([x, y, w, h])))
-    return out
 
 
 def detect_video(path: Path, detector) -> list[tuple[float, object]]:
@@ -53,18 +44,6 @@ def detect_video(path: Path, detector) -> list[tuple[float, object]]:
     return [(f.time_s, d) for f, d in zip(frames, dets)]
 
 
-def bytetrack_alone(frames, fps: float) -> dict[int, list[tuple[int, np.ndarray]]]:
-    """frame -> [(id, xyxy)] straight from Ultralytics' ByteTrack (``bytetrack.yaml``)."""
-    from pipeline.track import Tracker, TrackerConfig
-
-    tracker = Tracker(TrackerConfig.from_bytetrack_yaml(kalman="xyah"), fps)
-    out = {}
-    for k, (t, d) in enumerate(frames):
-        tracked = tracker.update(d, t)
-        out[k] = [(int(i), b) for i, b in zip(tracked.tracker_id, tracked.xyxy)]
-    return out
-
-
 def pipeline_tracks(frames, fps: float, wh, **overrides) -> dict[int, list]:
     """frame -> [(id, xyxy)] of the preprocessing tracker's final tracks."""
     from pipeline.config import PreprocessConfig
@@ -73,36 +52,7 @@ def pipeline_tracks(frames, fps: float, wh, **overrides) -> dict[int, list]:
 
     cfg = tracker_config(PreprocessConfig(**overrides))
     tracks = collect_tracks(frames, cfg, fps, frame_wh=wh)
-    times = np.array([t for t, _ in frames])
-    out: dict[int, list] = {k: [] for k in range(len(frames))}
-    for tr in tracks:
-        for t, b in zip(tr.times_s, tr.xyxy):
-            k = int(np.argmin(np.abs(times - t)))
-            out[k].append((tr.id, b))
-    return out
-
-
-def accumulate(gt, hyp, n_frames: int):
-    """A ``motmetrics`` accumulator over the clip; a pair matches at IoU >= 0.5.
-
-    The distance is 1 - IoU, NaN below 0.5 (what ``motmetrics.distances.iou_matrix``
-    computes; that function calls ``np.asfarray``, gone in NumPy 2, so the IoU comes
-    from :func:`pipeline.geometry.box_iou`).
-    """
-    import motmetrics as mm
-
-    from pipeline.geometry import box_iou
-
-    acc = mm.MOTAccumulator(auto_id=True)
-    for k in range(n_frames):
-        g = gt.get(k, [])
-        h = hyp.get(k, [])
-        gb = np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for _, b in g]).reshape(-1, 4)
-        hb = np.array([b for _, b in h], dtype=np.float64).reshape(-1, 4)
-        dist = 1.0 - box_iou(gb, hb)
-        dist[dist > 0.5] = np.nan
-        acc.update([i for i, _ in g], [i for i, _ in h], dist)
-    return acc
+    return tracks_on_frames(tracks, [t for t, _ in frames])
 
 
 def main(argv=None) -> int:
@@ -141,7 +91,7 @@ def main(argv=None) -> int:
     for v in summary["videos"]:
         path = args.data / f"{v['video']}.mp4"
         frames = detect_video(path, detector)
-        gt = read_gt(args.data / f"{v['video']}.gt.txt")
+        gt = read_mot_gt(args.data / f"{v['video']}.gt.txt")
         fps = 1.0 / float(frames[1][0] - frames[0][0])
         w, h = summary.get("width", 320), summary.get("height", 240)
         hyps = {

@@ -220,7 +220,7 @@ made with batches of 1 and 16 agree to 1e-3 px (tests/test_faults.py), so a resu
 with another batch size is accepted. (Workers and the progress bar are run options,
 not settings.)"""
 
-OUTPUT_VERSION = 3
+OUTPUT_VERSION = 4
 """Bumped whenever a code change alters the rows written for the same settings, so that
 a resumed run never mixes rows of two pipeline versions (2: agnostic NMS, tracks continued
 to the frame border, duplicate tracks dropped, XYWH Kalman state, numbers kept inside
@@ -229,7 +229,8 @@ the frame).
 duplicates resolved across classes and cut for the overlapping period, border extension
 stopped at the sliver size, numbers only where the object was seen, legible labels;
 JPEG-folder clips timed from their first stored frame; ground-truth boxes checked and
-clipped to the frame."""
+clipped to the frame.
+4: the ``mot`` column (MOT counts of videos with MOTChallenge ground truth)."""
 
 
 def _file_digest(path: Path) -> str:

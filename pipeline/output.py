@@ -6,8 +6,10 @@ run, ``_manifest-<tag>.json`` otherwise; written before the first video with
 ``status: running``, completed at the end), one list of the share's currently failed
 videos (``_failures.jsonl`` / ``_failures-<tag>.jsonl``, a line per video) and an
 append-only ``_failure_history.jsonl``. Counts in a manifest are recomputed from the
-part files on disk, so they stay right across resumed runs; ``python -m
-pipeline.views.summary <folder>`` merges all shares' manifests into one view.
+part files on disk, so they stay right across resumed runs, and so is the ``tracking``
+block (MOT metrics summed over the videos with MOTChallenge ground truth, see
+:func:`summarize_tracking`); ``python -m pipeline.views.summary <folder>`` merges all
+shares' manifests into one view.
 """
 
 from __future__ import annotations
@@ -139,6 +141,39 @@ def summarize_shards(out_dir: Path, max_gap_s: float) -> dict:
     # which matched queries miss "exact", and why (unmatched ones lack target_ids)
     c["inexact_queries"] = sorted(inexact, key=lambda e: (e["video_id"], e["query_id"]))
     return c
+
+
+TRACKING_NOTE = (
+    "motmetrics at IoU >= 0.5 on the tracked frames of the folder's videos that have a "
+    "MOTChallenge gt.txt (videos: how many), counts summed over them: bytetrack is "
+    "Ultralytics' ByteTrack alone (bytetrack.yaml, IDs as it outputs them) on the "
+    "pipeline's detections, pipeline the stored tracks; idf1 = 2 idtp / (2 idtp + idfp + "
+    "idfn), mota = 1 - (num_misses + num_false_positives + num_switches) / num_objects"
+)
+
+
+def summarize_tracking(out_dir: Path) -> dict | None:
+    """The manifest's ``tracking`` block, recomputed from the folder's own part files:
+    per tracker (:data:`pipeline.mot.TRACKERS`) the summed counts with their IDF1 and
+    MOTA, and the number of videos scored; None when no video has MOT ground truth."""
+    import pyarrow.parquet as pq
+
+    from pipeline.mot import MOT_IOU, TRACKERS, scores, sum_counts
+    from pipeline.shards import list_shards, mot_cell
+
+    cells = []
+    for path in list_shards(out_dir, recursive=False):
+        if "mot" not in pq.read_schema(path).names:
+            continue  # written before output version 4
+        column = pq.read_table(path, columns=["mot"]).column("mot").to_pylist()
+        cells += [c for c in map(mot_cell, column) if c is not None]
+    if not cells:
+        return None
+    block: dict = {"videos": len(cells), "iou": MOT_IOU, "note": TRACKING_NOTE}
+    for name in TRACKERS:
+        total = sum_counts(c[name] for c in cells)
+        block[name] = {**scores(total), **total}
+    return block
 
 
 def _inexact_entry(video_id: str, query, quality: dict) -> dict:

@@ -46,6 +46,7 @@ from pipeline.output import (
     remove_stray_temps,
     select_records,
     summarize_shards,
+    summarize_tracking,
 )
 from pipeline.processor import VideoProcessor
 from pipeline.records import VideoRecord
@@ -220,6 +221,7 @@ def _finish(out_dir, config, tag, selected, stats, elapsed, options, meta) -> di
         "counts_note": SHARE_NOTE,
         "versions": package_versions(),
         "counts": counts,
+        "tracking": summarize_tracking(out_dir),
         "failures": failures,
         "last_run": {
             "num_shards": num_shards,
@@ -263,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         required=True,
-        help="a name from data/datasets.yaml (e.g. synthetic, mevis, hcstvg1, vidstg, folder)",
+        help="a name from data/datasets.yaml (e.g. synthetic, mevis, hcstvg1, vidstg, folder). "
+        "folder: any videos; a MOTChallenge <video>.gt.txt beside a video (frames from 1, "
+        "native pixels) adds MOT metrics of ByteTrack alone and of the pipeline to the "
+        "manifest's tracking block",
     )
     p.add_argument("--split", default="train", help="dataset split (see data/datasets.yaml)")
     p.add_argument("--root", type=Path, help="raw dataset root (default: from data/datasets.yaml)")
@@ -336,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pipeline.adapters import DatasetNotFoundError
     from pipeline.datasets import iter_records, load_specs
+    from pipeline.mot import summary_line
     from pipeline.workers import WorkersDyingError
 
     specs = load_specs()
@@ -390,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else ""
         )
     )
+    tracking = summary_line(manifest["tracking"])
+    if tracking:
+        print(tracking)
     return 0
 
 

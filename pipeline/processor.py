@@ -1,7 +1,10 @@
 """One video to one shard row: decode, detect, track, match, overlay, encode.
 
 :class:`VideoProcessor` holds the loaded detector and overlay and composes the stages in
-data-flow order; :mod:`pipeline.preprocess` runs it over a dataset.
+data-flow order; :mod:`pipeline.preprocess` runs it over a dataset. A video with MOT
+ground truth (:attr:`pipeline.records.VideoRecord.mot_gt`) is also scored
+(:mod:`pipeline.mot`): ByteTrack alone runs on the same detections, and both it and the
+final tracks are counted against the ground truth on the tracked frames.
 """
 
 from __future__ import annotations
@@ -111,23 +114,44 @@ class VideoProcessor:
                 record = dataclasses.replace(record, fps=cfg.fps)
         info = probe(record)
         track_rate = cfg.track_fps or info.fps
-        n_tracked = 0
+        tracked_times: list[float] = []
         stored_hw: tuple[int, int] | None = None
+        mot_gt = bytetrack = None
+        if record.mot_gt is not None:  # scored below; ByteTrack alone sees the same detections
+            from pipeline.mot import ByteTrackAlone, read_mot_gt
+
+            mot_gt = read_mot_gt(record.mot_gt)
+            bytetrack = ByteTrackAlone(track_rate)
 
         def tracked_frames() -> Iterator[tuple[float, np.ndarray]]:
-            nonlocal n_tracked, stored_hw
+            nonlocal stored_hw
             for frame in iter_frames(record, fps=cfg.track_fps, max_side=cfg.max_side):
-                n_tracked += 1
+                tracked_times.append(frame.time_s)
                 stored_hw = frame.image.shape[:2]
                 yield frame.time_s, frame.image
 
         tracks = track_frames(
-            tracked_frames(), self.detector, self.tracker_config, frame_rate=track_rate
+            tracked_frames(),
+            self.detector,
+            self.tracker_config,
+            frame_rate=track_rate,
+            on_detections=None if bytetrack is None else bytetrack.update,
         )
         if stored_hw is None:
             raise RuntimeError("the video decoded to no frames")
         h, w = stored_hw
         sx, sy = w / info.width, h / info.height
+        mot = None
+        if mot_gt is not None:
+            from pipeline.mot import gt_on_frames, tracks_on_frames, video_counts
+
+            # on the tracked frames only, in the stored size
+            gt = gt_on_frames(mot_gt, tracked_times, info.fps, (sx, sy), record.clip_start_s)
+            hyps = {
+                "bytetrack": bytetrack.boxes,
+                "pipeline": tracks_on_frames(tracks, tracked_times),
+            }
+            mot = video_counts(gt, hyps, len(tracked_times))
 
         queries, n_exact = [], 0
         for q in record.queries:
@@ -159,6 +183,11 @@ class VideoProcessor:
             frames=frames,
             tracks=tracks,
             queries=queries,
+            mot=mot,
         )
-        stats = {"frames_tracked": n_tracked, "frames_stored": len(frames), "exact": n_exact}
+        stats = {
+            "frames_tracked": len(tracked_times),
+            "frames_stored": len(frames),
+            "exact": n_exact,
+        }
         return row, stats

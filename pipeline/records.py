@@ -122,6 +122,9 @@ class VideoRecord:
             relative to ``clip_start_s``.
         clip_start_s, clip_end_s: the used segment of a longer video (VidSTG); decoding
             yields only frames inside it, with times relative to its start.
+        mot_gt: a MOTChallenge ``gt.txt`` with every object's identity and box per native
+            frame (frames from 1, native pixels), or None; with it, the pipeline scores its
+            tracks with MOT metrics (:mod:`pipeline.mot`).
     """
 
     video_id: str
@@ -135,9 +138,12 @@ class VideoRecord:
     queries: tuple[QueryRecord, ...] = field(default_factory=tuple)
     clip_start_s: float = 0.0
     clip_end_s: float | None = None
+    mot_gt: Path | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "source", Path(self.source))
+        if self.mot_gt is not None:
+            object.__setattr__(self, "mot_gt", Path(self.mot_gt))
         if self.clip_end_s is not None and not self.clip_end_s > self.clip_start_s:
             raise ValueError(
                 f"video {self.video_id}: clip_end_s {self.clip_end_s} <= clip_start_s {self.clip_start_s}"

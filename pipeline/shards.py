@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.mot import COUNT_FIELDS, TRACKERS
 from pipeline.records import GTObject, QueryRecord, Track
 
 BOX = pa.list_(pa.float32(), 4)
@@ -52,6 +53,9 @@ QUERY_TYPE = pa.struct(
         ("gt", pa.list_(GT_TYPE)),
     ]
 )
+MOT_COUNTS_TYPE = pa.struct([(name, pa.int64()) for name in COUNT_FIELDS])
+MOT_TYPE = pa.struct([(name, MOT_COUNTS_TYPE) for name in TRACKERS])
+"""Per-video MOT counts (:mod:`pipeline.mot`) of ByteTrack alone and the final tracks."""
 SCHEMA = pa.schema(
     [
         ("video_id", pa.string()),
@@ -66,6 +70,7 @@ SCHEMA = pa.schema(
         ("frames", pa.list_(pa.binary())),
         ("tracks", pa.list_(TRACK_TYPE)),
         ("queries", pa.list_(QUERY_TYPE)),
+        ("mot", MOT_TYPE),  # null: the video has no MOT ground truth
     ]
 )
 
@@ -79,6 +84,9 @@ class ShardVideo:
         frame_times_s: (T,) float32 time of each stored frame.
         tracks: every kept track, IDs 1..K.
         queries: queries with ground truth and matched ``target_ids``.
+        mot: ``{"bytetrack": counts, "pipeline": counts}`` (:data:`pipeline.mot.COUNT_FIELDS`)
+            against the video's MOTChallenge ground truth on the tracked frames; None
+            without one (and in rows written before output version 4).
     """
 
     video_id: str
@@ -93,6 +101,7 @@ class ShardVideo:
     frames: tuple[bytes, ...]
     tracks: tuple[Track, ...]
     queries: tuple[QueryRecord, ...]
+    mot: dict[str, dict[str, int]] | None = None
 
     def track(self, track_id: int) -> Track | None:
         return next((t for t in self.tracks if t.id == track_id), None)
@@ -161,10 +170,17 @@ def make_row(
     frames: Sequence[bytes],
     tracks: Sequence[Track],
     queries: Sequence[QueryRecord],
+    mot: dict[str, dict[str, int]] | None = None,
 ) -> dict:
     """Build one shard row (a plain dict matching :data:`SCHEMA`)."""
     if len(frames) != len(frame_times_s):
         raise ValueError(f"{video_id}: {len(frames)} frames but {len(frame_times_s)} frame times")
+    if mot is not None:
+        given, mot = mot, mot_cell(mot)
+        if mot is None:
+            raise ValueError(
+                f"{video_id}: mot must map {TRACKERS} to counts of {COUNT_FIELDS}, got {given!r}"
+            )
     return {
         "video_id": video_id,
         "dataset": dataset,
@@ -178,7 +194,22 @@ def make_row(
         "frames": list(frames),
         "tracks": [track_to_dict(t) for t in tracks],
         "queries": [query_to_dict(q) for q in queries],
+        "mot": mot,
     }
+
+
+def mot_cell(value) -> dict[str, dict[str, int]] | None:
+    """The ``mot`` cell as plain ints, however the reader gave it; None when it is null
+    or not a full set of counts."""
+    if not isinstance(value, dict) or set(value) != set(TRACKERS):
+        return None
+    out = {}
+    for name in TRACKERS:
+        counts = value[name]
+        if not isinstance(counts, dict) or set(counts) != set(COUNT_FIELDS):
+            return None
+        out[name] = {k: int(counts[k]) for k in COUNT_FIELDS}
+    return out
 
 
 def _masks_in(masks):
@@ -252,6 +283,7 @@ def row_to_video(row) -> ShardVideo:
         frames=tuple(bytes(b) for b in _items(row["frames"])),
         tracks=tracks,
         queries=queries,
+        mot=mot_cell(row.get("mot")),  # rows of output version < 4 have no column
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -324,11 +324,14 @@ def track_frames(
     frame_rate: float = 30.0,
     *,
     out_wh: tuple[int, int] | None = None,
+    on_detections: Callable[[float, sv.Detections], None] | None = None,
 ) -> list[Track]:
     """Detect (``detector.batch_size`` frames per call) and track a stream of RGB frames.
 
     Holds at most one batch of frames. Boxes and masks are in the frames' size, or
-    scaled to ``out_wh`` (width, height) when given.
+    scaled to ``out_wh`` (width, height) when given. ``on_detections(time_s, detections)``,
+    if given, sees every frame's detections in time order (another tracker can run on
+    the same detections; it must not modify them).
     """
     config = config or TrackerConfig()
     tracker = Tracker(config, frame_rate)
@@ -337,6 +340,8 @@ def track_frames(
 
     def flush() -> None:
         for (time_s, _), dets in zip(batch, detector([f for _, f in batch])):
+            if on_detections is not None:
+                on_detections(time_s, dets)
             _feed(tracker, builder, time_s, dets)
         batch.clear()
 

@@ -5,6 +5,13 @@ from its header, and every folder directly holding JPEG frames becomes a record 
 frame times are ``frame number / fps`` (numeric names) or ``position / fps``. ``root``
 may also be one video file or one frame folder. ``video_id`` is the path relative to
 ``root`` without its extension. The split is only written into the records.
+
+A video file ``<stem>.<ext>`` with a MOTChallenge ``<stem>.gt.txt`` beside it (``frame,
+id, x, y, w, h, ...``, frames from 1 at the video's native rate, boxes in native pixels;
+the layout :mod:`pipeline.synthetic.hard` writes) carries it as ground-truth identities
+(:attr:`pipeline.records.VideoRecord.mot_gt`): the pipeline then scores its tracks and
+ByteTrack alone against it, and the manifest sums the scores (``tracking``). JPEG
+folders carry none.
 """
 
 from __future__ import annotations
@@ -110,6 +117,8 @@ def iter_videos(
                 yield VideoRecord(vid, dataset, split, src, jpeg_fps, frame_files=frames)
             else:
                 rate = probe_fps(src) or jpeg_fps  # unreadable: decoding will fail, saying why
-                yield VideoRecord(vid, dataset, split, src, rate)
+                gt = src.with_name(f"{src.stem}.gt.txt")
+                mot_gt = gt if gt.is_file() else None
+                yield VideoRecord(vid, dataset, split, src, rate, mot_gt=mot_gt)
 
     return records()

@@ -1,4 +1,4 @@
-"""One view of a shard folder, all shares merged: counts, failures, right-ID rates.
+"""One view of a shard folder, all shares merged: counts, failures, right-ID rates, MOT metrics.
 
     python -m pipeline.views.summary data/shards/mevis/train          # text
     python -m pipeline.views.summary data/shards/mevis/train --json   # machine-readable
@@ -6,7 +6,9 @@
 Counts and rates are recomputed from the part files on disk (every share's, so they are
 right whatever ran, crashed or resumed); each share's manifest adds its status, its
 selection and whether a live run holds it now; a failure is listed while its video has
-no row (a rerun that succeeded removes it), once, whichever share recorded it.
+no row (a rerun that succeeded removes it), once, whichever share recorded it. Videos
+with MOTChallenge ground truth add one line of MOT metrics, ByteTrack alone against the
+pipeline (the manifest's ``tracking`` block).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.locks import held_tags
+from pipeline.mot import summary_line
 from pipeline.output import (
     failure_paths,
     manifest_paths,
     manifest_tag,
     read_failures,
     summarize_shards,
+    summarize_tracking,
 )
 from pipeline.shards import list_shards, read_video_ids
 
@@ -57,11 +61,8 @@ def folder_summary(out_dir: str | Path) -> dict:
             if vid not in finished:
                 failures[vid] = entry
     max_gap_s = next((m["config"]["max_gap_s"] for m in manifests.values() if "config" in m), 0.5)
-    counts = (
-        summarize_shards(out_dir, max_gap_s)
-        if list_shards(out_dir, recursive=False)
-        else {"videos": 0}
-    )
+    has_parts = bool(list_shards(out_dir, recursive=False))
+    counts = summarize_shards(out_dir, max_gap_s) if has_parts else {"videos": 0}
     annotation_problems = next(
         (m["annotation_problems"] for m in manifests.values() if "annotation_problems" in m), []
     )
@@ -70,6 +71,7 @@ def folder_summary(out_dir: str | Path) -> dict:
         "config_hashes": hashes,
         "shares": sorted(shares, key=lambda s: s["share"]),
         "counts": counts,
+        "tracking": summarize_tracking(out_dir) if has_parts else None,
         "failures": [failures[v] for v in sorted(failures)],
         "annotation_problems": annotation_problems,
     }
@@ -93,6 +95,9 @@ def format_summary(s: dict) -> str:
         )
     else:
         lines.append("no finished video yet")
+    tracking = summary_line(s.get("tracking"))
+    if tracking:
+        lines.append(tracking)
     lines.append(f"failed videos (no row): {len(s['failures'])}")
     lines += [f"  {f['video_id']}: {f['reason']}" for f in s["failures"]]
     probs = s["annotation_problems"]
