@@ -5,7 +5,8 @@ appearance cue, so an object hidden longer, or one that leaves and comes back, r
 with a new ID. Preprocessing is offline, so after tracking this pass looks at the whole
 clip and links tracklets that follow one another in time into one identity when they
 are the same object: same class, a gap of at most ``max_gap_s``, similar appearance
-(the detector's own features, :class:`pipeline.detect.Detector`), and a plausible place
+(the detector's own features, :class:`pipeline.detect.Detector`, or a named ReID
+model's, :mod:`pipeline.reid`), and a plausible place
 of return (near where it was last seen or where its motion carries it, or, for one that
 left through the frame border, re-entering through the same border near where it left).
 All links are chosen at once by a minimum-cost assignment over the clip

@@ -103,7 +103,7 @@ class PreprocessConfig:
     tracker: str = _opt(
         "bytetrack",
         "online tracker: bytetrack (motion only) or botsort (Ultralytics BoT-SORT with the "
-        "detector's own features as ReID)",
+        "detector's own features, or those of --reid-weights, as ReID)",
         choices=TRACKERS,
     )
     associate_gap_s: float = _opt(
@@ -123,6 +123,13 @@ class PreprocessConfig:
     )
     sam_weights: str | None = _opt(
         None, "SAM 2 weights for --masks sam2, e.g. data/models/sam2.1_b.pt (never downloaded)"
+    )
+    reid_weights: str | None = _opt(
+        None,
+        "ReID model whose embeddings replace the detector's own features (association, "
+        "duplicates, --tracker botsort): a file Ultralytics' ReID loads, e.g. "
+        "data/models/yolo11n-cls.pt or yolo26s-reid.onnx (a bare name is looked up in "
+        "data/models/; never downloaded)",
     )
     fps: float | None = _opt(
         None,
@@ -177,6 +184,8 @@ class PreprocessConfig:
                 f"masks must be one of {MASK_SOURCES}, and --sam-weights is needed with (and "
                 f"only with) --masks sam2; got masks={self.masks!r}, sam_weights={self.sam_weights!r}"
             )
+        if self.reid_weights is not None and not str(self.reid_weights).strip():
+            problems.append(f"reid_weights must name a file or be None, got {self.reid_weights!r}")
         if self.fps is not None and not self.fps > 0:
             problems.append(f"fps must be > 0 or None, got {self.fps}")
         if not self.associate_gap_s >= 0 or not -1.0 <= self.associate_min_sim <= 1.0:
@@ -190,7 +199,7 @@ class PreprocessConfig:
     def identity(self) -> dict:
         """Everything that decides the rows: the settings but :data:`NOT_IN_IDENTITY`,
         :data:`OUTPUT_VERSION` and the detector file's SHA-256 (``weights`` None names
-        whatever checkpoint is committed)."""
+        whatever checkpoint is committed), and those of the SAM 2 and ReID files in use."""
         from pipeline.detect import resolve_weights
 
         settings = json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -205,6 +214,10 @@ class PreprocessConfig:
             from pipeline.masks import resolve_sam_weights
 
             identity["sam_weights_sha256"] = _file_digest(resolve_sam_weights(self.sam_weights))
+        if self.reid_weights is not None:  # the embeddings come from this file
+            from pipeline.reid import resolve_reid_weights
+
+            identity["reid_weights_sha256"] = _file_digest(resolve_reid_weights(self.reid_weights))
         return identity
 
     def hash(self) -> str:

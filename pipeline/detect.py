@@ -3,7 +3,8 @@
 The detector is the first stage of the ID pipeline: every frame's objects become
 boxes (and masks for ``*-seg`` weights) that the tracker links over time, each with an
 appearance embedding read from the detector's own feature maps (as Ultralytics BoT-SORT's
-``model: auto`` ReID does) for re-identification across occlusions. Without
+``model: auto`` ReID does; or from a named ReID model, :mod:`pipeline.reid`) for
+re-identification across occlusions. Without
 named weights the project's own small checkpoint trained on the synthetic set is
 used (``pipeline/assets/synthetic-yolo11n-seg.pt``, a segmentation model, so the
 synthetic set's tracks carry masks), so nothing is ever downloaded.
@@ -55,7 +56,7 @@ class Detector:
     ``class_id`` (N,) int, ``data["class_name"]`` (N,) str, ``mask`` (N, H, W) bool
     when the weights are a segmentation model, and ``data["feature"]`` (N, D) float32
     L2-normalised appearance embeddings when ``features`` is on and the model has a
-    YOLO detection head.
+    YOLO detection head (or an ``embedder`` is given).
 
     Args:
         weights: path or bare file name of Ultralytics weights; None = the project's
@@ -76,6 +77,9 @@ class Detector:
             kept box's anchor, averaged to one vector (Ultralytics' ``get_obj_feats``, the
             features its BoT-SORT ``model: auto`` ReID uses), so any YOLO checkpoint gives
             them offline and at no extra model call.
+        embedder: a callable (RGB frame, (N, 4) boxes) -> (N, D) float32 L2-normalised
+            embeddings, such as :class:`pipeline.reid.ReIDEmbedder` (a named ReID model),
+            whose output replaces the detection head's features when ``features`` is on.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class Detector:
         batch_size: int = 16,
         segmenter=None,
         features: bool = True,
+        embedder=None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -108,7 +113,8 @@ class Detector:
         self.device = device
         self.batch_size = int(batch_size)
         self.class_ids = self._class_ids(classes)
-        self.features = bool(features) and self._hook_head_inputs()
+        self.embedder = embedder if features else None
+        self.features = bool(features) and (self.embedder is not None or self._hook_head_inputs())
         self.segmenter = None if self.has_masks else segmenter
 
     @property
@@ -193,6 +199,9 @@ class Detector:
             if self.segmenter is not None:
                 for im, det in zip(images[start : start + self.batch_size], dets):
                     det.mask = self.segmenter(im, det.xyxy)
+            if self.embedder is not None:
+                for im, det in zip(images[start : start + self.batch_size], dets):
+                    det.data["feature"] = self.embedder(im, det.xyxy)
             out.extend(dets)
         return out
 
@@ -205,7 +214,7 @@ class Detector:
             h, w = result.orig_shape
             mask = np.zeros((len(det), h, w), dtype=bool)
         data = {"class_name": np.array([names[int(c)] for c in class_id], dtype=str)}
-        if self.features:
+        if self.features and self.embedder is None:
             data["feature"] = _unit_rows(getattr(result, "feats", None), len(det))
         return sv.Detections(
             xyxy=det.xyxy.astype(np.float32).reshape(-1, 4),

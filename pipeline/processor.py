@@ -58,6 +58,15 @@ def _segmenter(config: PreprocessConfig):
     return BoxPromptSegmenter(config.sam_weights)
 
 
+def _embedder(config: PreprocessConfig):
+    """The named ReID model of ``--reid-weights`` (None: the detector's own features)."""
+    if config.reid_weights is None:
+        return None
+    from pipeline.reid import ReIDEmbedder
+
+    return ReIDEmbedder(config.reid_weights)
+
+
 def tracker_config(config: PreprocessConfig):
     """The :class:`pipeline.track.TrackerConfig` that ``config``'s flags describe."""
     from pipeline.track import TrackerConfig
@@ -95,6 +104,7 @@ class VideoProcessor:
             imgsz=config.imgsz,
             batch_size=config.batch_size,
             segmenter=_segmenter(config),
+            embedder=_embedder(config),
         )
         self.overlay = IdOverlay(style=config.overlay_style)
         self.tracker_config = tracker_config(config)

@@ -2,7 +2,8 @@
 
 :class:`Tracker` streams per-frame detections through Ultralytics' ``BYTETracker``
 (configured from ``bytetrack.yaml``'s parameters, see :class:`TrackerConfig`) or its
-``BOTSORT`` with the detector's own features as ReID, and returns new ``sv.Detections``
+``BOTSORT`` with the detections' embeddings as ReID (the detector's own features, or a
+named ReID model's, :mod:`pipeline.reid`), and returns new ``sv.Detections``
 with ``tracker_id``. :class:`pipeline.tracklets.TrackBuilder` collects them into
 tracklets and turns those into the small, consecutive IDs drawn on the frames
 (:class:`pipeline.records.Track`), linking tracklets of one object across occlusions
@@ -88,8 +89,10 @@ class TrackerConfig:
             Extension stops where the visible part would be a sliver (shorter side under
             :data:`pipeline.match.MIN_GT_SIDE` of the frame), which matching ignores.
         tracker: ``"bytetrack"`` (motion only) or ``"botsort"`` (Ultralytics' BoT-SORT with
-            the detector's features as ReID, ``model: auto``; no camera-motion
-            compensation).
+            the detections' ``data["feature"]`` as ReID, ``model: auto``; no camera-motion
+            compensation). With a named ReID model those are its embeddings, computed once
+            per box by the detection stage: the same crops and model that
+            ``with_reid=True, model=<file>`` would embed again (``tests/test_reid.py``).
         associate_gap_s: link tracklets of one object separated by up to this many
             seconds (occlusion, leaving and re-entering) into one ID, offline over the
             whole clip (:mod:`pipeline.associate`; 0 = off).
@@ -242,7 +245,7 @@ class Tracker:
         if self.config.tracker == "botsort":
             from ultralytics.trackers.bot_sort import BOTSORT
 
-            # the detector's features as ReID (BoT-SORT's ``model: auto``); no camera-motion
+            # the detections' features as ReID (BoT-SORT's ``model: auto``); no camera-motion
             # compensation (it needs the frame, and the supported datasets film mostly still)
             args.update(gmc_method="none", proximity_thresh=0.5, appearance_thresh=0.8)
             args.update(with_reid=True, model="auto")
