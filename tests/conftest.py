@@ -61,14 +61,13 @@ SMALL_SYNTHETIC = dict(num_train=4, num_test=2, det_train=0, det_val=0, duration
 def detection_only_weights(tmp_path_factory) -> Path:
     """A detection checkpoint made from the committed segmentation one: ``yolo11n.yaml``
     takes its backbone, neck and box/class branches by name (Ultralytics' ``load``)."""
+    import yaml
     from ultralytics import YOLO
+    from ultralytics.nn.tasks import yaml_model_load
 
     from pipeline.detect import default_weights
 
     configure_offline()
-    import yaml
-    from ultralytics.nn.tasks import yaml_model_load
-
     folder = tmp_path_factory.mktemp("detector")
     seg = YOLO(str(default_weights()))
     arch = {**yaml_model_load("yolo11n.yaml"), "nc": len(seg.names)}

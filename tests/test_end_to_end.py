@@ -3,6 +3,7 @@
 import json
 
 import av
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -10,7 +11,8 @@ import pytest
 def test_demo_writes_every_output(mini_demo):
     s = mini_demo["summary"]
     out = mini_demo["out"]
-    for key in ("metrics_table", "overlay_video", "prediction_video", "train_metrics"):
+    for key in ("metrics_table", "metrics_table_mevis", "overlay_video", "prediction_video",
+                "train_metrics"):  # fmt: skip
         assert (out / "x").parent.exists()
         assert __import__("pathlib").Path(s[key]).exists(), key
     table = (out / "metrics.md").read_text()
@@ -20,6 +22,35 @@ def test_demo_writes_every_output(mini_demo):
     cold = (out / "train" / "cold_start" / "config.json").is_file()
     assert ("| cold-start |" in table) is cold
     assert json.loads((out / "summary.json").read_text())["model"] == s["model"]
+
+
+def test_zero_shot_mevis_table_scores_j_and_f_from_predicted_masks(mini_demo):
+    """The synthetic MeViS test split is scored with J&F, and the masks are the
+    segmentation detector's: the tracks' masks are not their boxes filled in."""
+    from pipeline.geometry import rle_to_mask
+    from pipeline.shards import read_videos
+
+    out = mini_demo["out"]
+    table = (out / "metrics-mevis.md").read_text()
+    header = [c.strip() for c in table.splitlines()[0].split("|")]
+    jf = header.index("J&F")
+    for name in ("grpo-tiny", "oracle", "largest", "random"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+        float(row.split("|")[jf])  # every row has a J&F
+    oracle = json.loads((out / "eval-mevis" / "oracle" / "metrics.json").read_text())
+    assert oracle["overall"]["J&F"] > 50.0  # the matched tracks' masks against the truth
+    shards = mini_demo["data"] / "shards" / "synthetic-mevis" / "valid_u"
+    fills = []
+    for video in read_videos(shards):
+        for tr in video.tracks:
+            assert tr.masks_rle is not None
+            for box, rle in zip(tr.xyxy, tr.masks_rle):
+                if rle is None:
+                    continue
+                m = rle_to_mask(rle, video.height, video.width)
+                x1, y1, x2, y2 = (round(float(v)) for v in box)
+                fills.append(m.sum() / max((x2 - x1) * (y2 - y1), 1))
+    assert fills and np.median(fills) < 0.95  # shapes, not rectangles
 
 
 def test_videos_are_playable(mini_demo):

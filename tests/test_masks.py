@@ -90,3 +90,42 @@ def test_sam2_loads_from_a_local_file_and_segments_boxes(tmp_path):
         other = tmp_path / "sam_b.pt"
         other.write_bytes(b"x")
         BoxPromptSegmenter(other)
+
+
+def test_contour_style_draws_the_committed_detectors_masks(records, tmp_path):
+    """Offline, with no SAM 2 and no user weights, the contour style has masks to draw:
+    the stored frames carry the outline of every track's mask, which a box would not give."""
+    from scipy.ndimage import binary_dilation
+
+    from pipeline.config import PreprocessConfig
+    from pipeline.preprocess import run
+    from pipeline.shards import read_videos
+    from trainer.metrics import boundary_map
+
+    frames = {}
+    for style in ("number", "contour+number"):
+        out = tmp_path / style
+        run(records[:1], out, PreprocessConfig(overlay_style=style), progress=False)
+        (video,) = read_videos(out)
+        frames[style] = video.decode_frames().astype(int)
+    changed = np.abs(frames["contour+number"] - frames["number"]).max(axis=3) > 40
+    on_outline = outline_px = on_box = box_px = 0
+    for k, t in enumerate(video.frame_times_s):
+        for tr in video.tracks:
+            i = int(np.argmin(np.abs(tr.times_s - t)))
+            if abs(tr.times_s[i] - t) > 1e-3 or tr.masks_rle is None or tr.masks_rle[i] is None:
+                continue
+            mask = rle_to_mask(tr.masks_rle[i], video.height, video.width)
+            outline = boundary_map(mask)
+            box = np.zeros_like(mask)
+            x1, y1, x2, y2 = (round(float(v)) for v in tr.xyxy[i])
+            box[y1:y2, x1:x2] = True
+            box_only = boundary_map(box) & ~binary_dilation(mask, iterations=3)
+            on_outline += int((changed[k] & outline).sum())
+            outline_px += int(outline.sum())
+            on_box += int((changed[k] & box_only).sum())
+            box_px += int(box_only.sum())
+    assert outline_px > 0 and box_px > 0  # the committed detector gave the tracks masks
+    # the lines follow the masks' outlines, not the boxes' edges
+    assert on_outline / outline_px > 0.3  # 0.43 here; some outline pixels lie under labels
+    assert on_box / box_px < 0.05  # 0.0005 here

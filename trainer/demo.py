@@ -5,7 +5,9 @@
 synthetic videos (HC-STVG format) -> preprocess with the committed detector -> a short GRPO
 run on the tiny Qwen2.5-VL -> evaluation of the trained model (and of the supervised
 cold-start model before GRPO, when the run saved one) with baselines, under the official
-protocol and the STVG-R1 release's -> an overlaid ID video and a prediction video. Every step is idempotent (reruns reuse what is already there), and
+protocol and the STVG-R1 release's -> zero-shot evaluation on the synthetic MeViS test
+split, whose J&F comes from the masks the committed segmentation detector predicted ->
+an overlaid ID video and a prediction video. Every step is idempotent (reruns reuse what is already there), and
 everything lands under ``data/runs/demo`` (override with ``--out``).
 """
 
@@ -21,6 +23,10 @@ from pathlib import Path
 from pipeline.runtime import DATA_DIR, RUNS_DIR, resolve
 
 DEMO_PROTOCOLS = ("official", "stvg_r1")
+MEVIS_NOTE = (
+    "Zero-shot on the synthetic MeViS test split (the model was trained on the HC-STVG "
+    "format); J&F from the predicted masks of the chosen IDs inside the predicted span."
+)
 TABLE_NOTE = (
     "vIoU on every native frame of the union of the predicted and ground-truth spans; rows "
     "marked (stvg_r1) follow the STVG-R1 release's evaluator (docs/DESIGN.md, Metrics)."
@@ -66,18 +72,38 @@ def evaluate_all(out: Path, final: Path, test_shards: Path, cfg) -> str:
     return table
 
 
-def preprocess_splits(spec, root: Path, shard_root: Path, *, progress: bool) -> dict:
-    """Shards of every split of ``spec`` under ``shard_root`` (reused when already there, rebuilt
-    when made by other settings); prints each split's ID quality. Returns the manifests."""
+def evaluate_zero_shot(out: Path, final: Path, shards: Path, cfg) -> str:
+    """The trained model and the baselines on the synthetic MeViS test split (multi-target
+    expressions; masks in the ground truth and in every track, so J&F is scored from the
+    predicted masks); writes ``<out>/eval-mevis/<label>/`` and ``<out>/metrics-mevis.md``."""
+    from trainer.evaluate import BASELINES, evaluate, markdown_table
+
+    summaries = {}
+    for label, name in [("grpo-tiny", str(final)), *((b, b) for b in BASELINES)]:
+        summaries[label] = evaluate(name, shards, out / "eval-mevis" / label, template=cfg.template,
+                                    max_new_tokens=cfg.max_new_tokens, fps=cfg.fps,
+                                    max_frames=cfg.max_frames, total_pixels=cfg.total_pixels,
+                                    progress=False)  # fmt: skip
+    table = markdown_table(summaries)
+    (out / "metrics-mevis.md").write_text(table + "\n" + MEVIS_NOTE + "\n")
+    return table
+
+
+def preprocess_splits(
+    spec, root: Path, shard_root: Path, *, progress: bool, splits: Sequence[str] | None = None
+) -> dict:
+    """Shards of ``splits`` (default: every split of ``spec``) under ``shard_root`` (reused when
+    already there, rebuilt when made by other settings); prints each split's ID quality.
+    Returns the manifests."""
     from pipeline.config import PreprocessConfig
     from pipeline.datasets import iter_records
     from pipeline.output import OutputConflictError
     from pipeline.preprocess import run
 
     manifests = {}
-    for split in spec.splits:
+    for split in splits or spec.splits:
         records = list(iter_records(spec, split, root=root))
-        kwargs = dict(progress=progress, meta={"dataset": "synthetic", "split": split})
+        kwargs = dict(progress=progress, meta={"dataset": spec.name, "split": split})
         try:
             manifests[split] = run(records, shard_root / split, PreprocessConfig(), **kwargs)
         except OutputConflictError as err:  # made by other settings: the demo owns them
@@ -111,12 +137,12 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    t = _step("1/6 synthetic dataset (HC-STVG + MeViS + YOLO formats)")
+    t = _step("1/7 synthetic dataset (HC-STVG + MeViS + YOLO formats)")
     raw = data_dir / "raw" / "synthetic"
     generate(raw, progress=progress, **(synthetic or {}))
     timings["synthetic_s"] = time.perf_counter() - t
 
-    t = _step("2/6 preprocess: detect, track, overlay IDs, match, write shards")
+    t = _step("2/7 preprocess: detect, track, overlay IDs, match, write shards")
     spec = load_specs()["synthetic"]
     root = raw / "hcstvg"
     shard_root = data_dir / "shards" / "synthetic"
@@ -124,7 +150,7 @@ def run_demo(
     timings["preprocess_s"] = time.perf_counter() - t
     train_split, test_split = spec.splits[0], spec.splits[-1]
 
-    t = _step("3/6 tiny Qwen2.5-VL + GRPO")
+    t = _step("3/7 tiny Qwen2.5-VL + GRPO")
     tiny = ensure_tiny_model(data_dir / "models" / "tiny-qwen2.5-vl")
     overrides = [
         f"model={tiny}",
@@ -136,16 +162,24 @@ def run_demo(
     final = train(cfg, progress=progress, overwrite=True)  # a demo run always starts afresh
     timings["train_s"] = time.perf_counter() - t
 
-    t = _step("4/6 evaluation: trained models and baselines")
+    t = _step("4/7 evaluation: trained models and baselines")
     test_shards = shard_root / test_split
     table = evaluate_all(out, final, test_shards, cfg)
     timings["eval_s"] = time.perf_counter() - t
 
-    t = _step("5/6 overlaid ID video")
+    t = _step("5/7 zero-shot evaluation on the synthetic MeViS test split (J&F from masks)")
+    mevis = load_specs()["synthetic-mevis"]
+    mevis_shards = data_dir / "shards" / "synthetic-mevis"
+    mevis_split = mevis.splits[-1]
+    preprocess_splits(mevis, raw / "mevis", mevis_shards, progress=progress, splits=[mevis_split])
+    mevis_table = evaluate_zero_shot(out, final, mevis_shards / mevis_split, cfg)
+    timings["eval_mevis_s"] = time.perf_counter() - t
+
+    t = _step("6/7 overlaid ID video")
     overlay_mp4 = render_overlay_video(test_shards, out)
     timings["overlay_s"] = time.perf_counter() - t
 
-    t = _step("6/6 prediction on a raw synthetic video")
+    t = _step("7/7 prediction on a raw synthetic video")
     record = next(iter(iter_records(spec, test_split, root=root)))
     prediction = predict(record.source, record.queries[0].text, model=str(final),
                          out=out / f"predict_{record.video_id}.mp4", max_new_tokens=cfg.max_new_tokens)  # fmt: skip
@@ -159,26 +193,28 @@ def run_demo(
         "model": str(final),
         "train_metrics": str(out / "train" / "metrics.jsonl"),
         "metrics_table": str(out / "metrics.md"),
+        "metrics_table_mevis": str(out / "metrics-mevis.md"),
         "overlay_video": str(overlay_mp4),
         "prediction_video": prediction["output"],
         "prediction": {k: prediction[k] for k in ("query", "ids", "span_s", "format_ok")},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _report(summary, table)
+    _report(summary, table, mevis_table)
     return summary
 
 
-def _report(summary: dict, table: str) -> None:
-    """Every output path, the prediction, the time and the metrics table."""
+def _report(summary: dict, table: str, mevis_table: str) -> None:
+    """Every output path, the prediction, the time and the metrics tables."""
     print("\n== demo finished\n")
-    paths = ("shards", "manifest", "model", "train_metrics", "metrics_table", "overlay_video",
-             "prediction_video")  # fmt: skip
+    paths = ("shards", "manifest", "model", "train_metrics", "metrics_table",
+             "metrics_table_mevis", "overlay_video", "prediction_video")  # fmt: skip
     for key in paths:
         print(f"{key:>17}: {summary[key]}")
     print(f"{'prediction':>17}: {json.dumps(summary['prediction'])}")
     print(f"{'time':>17}: {summary['timings_s']['total_s']} s")
     print("\n" + table)
+    print("zero-shot, synthetic MeViS test split:\n" + mevis_table)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
