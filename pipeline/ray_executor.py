@@ -20,6 +20,7 @@ Ray is imported only when a run starts, so the core install does not need it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -66,8 +67,52 @@ class ProcessorActor:
         return pa.table({"result": pa.array(results, pa.binary())})
 
 
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While a local Ray instance starts: its processes bind 127.0.0.1, not this machine's
+    network address (nothing outside the machine needs to reach a run's own instance).
+
+    Ray picks a node's address from ``ENABLE_RAY_CLUSTER``, loopback when it is off (what
+    Ray does on macOS and Windows); the environment variable it is read from sets it in
+    the processes started now, and the driver's copy, read when ``ray`` was imported,
+    is switched for the start. Both are restored after.
+    """
+    from ray._private import ray_constants
+
+    env, before = os.environ.get(_RAY_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_RAY_CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+        if env is None:
+            os.environ.pop(_RAY_CLUSTER_ENV, None)
+        else:
+            os.environ[_RAY_CLUSTER_ENV] = env
+
+
+_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether a ``HOST:PORT`` (or ``ray://HOST:PORT``) Ray address names this machine's
+    loopback interface, where :func:`start_ray` puts a local instance."""
+    import ipaddress
+
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def start_ray(address: str | None, num_cpus: int) -> bool:
-    """Connects to ``address`` or starts Ray on this machine; False if already connected."""
+    """Connects to ``address`` or starts Ray on this machine (listening on loopback only,
+    so another driver joins it with ``--ray-address 127.0.0.1:<port>``); False if already
+    connected."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline: no usage reports
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # no per-run INFO lines
     import ray
@@ -80,9 +125,13 @@ def start_ray(address: str | None, num_cpus: int) -> bool:
         return False
     quiet = dict(include_dashboard=False, logging_level=logging.WARNING)
     if address:
-        ray.init(address=address, **quiet)
+        # a driver finds its node's raylet by address: on a loopback instance, by loopback
+        local = _is_loopback(address)
+        with _loopback_only() if local else contextlib.nullcontext():
+            ray.init(address=address, **quiet)
     else:
-        ray.init(address="local", num_cpus=num_cpus, **quiet)
+        with _loopback_only():
+            ray.init(address="local", num_cpus=num_cpus, **quiet)
     return True
 
 

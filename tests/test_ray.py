@@ -101,6 +101,23 @@ def test_ray_does_not_load_with_the_package():
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=120)
 
 
+def test_a_local_instance_listens_on_loopback_only(ray_cluster):
+    """The run's own Ray instance binds 127.0.0.1 (nothing outside the machine needs it, and
+    an offline machine's guard allows only loopback); the setting is not left behind."""
+    import ray
+    from ray._private import ray_constants
+
+    assert ray_cluster.startswith("127.0.0.1:")
+    assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
+    assert ray_constants.ENABLE_RAY_CLUSTER is True  # restored for later connections
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
+    # a second driver joining it by that address connects through loopback too
+    from pipeline.ray_executor import _is_loopback
+
+    assert _is_loopback(ray_cluster) and _is_loopback("localhost:6379")
+    assert not _is_loopback("10.0.0.2:6379") and not _is_loopback("auto")
+
+
 def test_bad_ray_settings_are_refused(hc_root, tmp_path, capsys):
     with pytest.raises(ValueError, match="actors must be >= 1"):
         RayExecutor(actors=0)
