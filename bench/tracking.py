@@ -10,6 +10,7 @@ settings); the same detections then go to
 - ``pipeline``: the preprocessing tracker (``PreprocessConfig`` defaults: ByteTrack plus
   the cleaning, border extension, duplicate resolution and offline association);
 - ``pipeline-no-assoc``: the same with the offline association off;
+- ``pipeline-no-color``: the association without its colour check (``associate_min_color=-1``);
 - ``pipeline-botsort``: the pipeline with BoT-SORT (detector features as ReID) online.
 Metrics come from ``motmetrics`` (IDF1, ID switches, fragmentations, MOTA; IoU >= 0.5;
 the reading, matching and ByteTrack-alone tracker of :mod:`pipeline.mot`, which
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
 
     from pipeline.detect import Detector
     from pipeline.runtime import configure_offline
-    from pipeline.synthetic.hard import write_hard_split
+    from pipeline.synthetic.hard import ALL_KINDS, write_hard_split
 
     configure_offline()
     if not (args.data / "summary.json").exists():
@@ -80,11 +81,18 @@ def main(argv=None) -> int:
             f"{args.data} holds the split of --seed {summary['seed']} --per-kind "
             f"{summary['per_kind']}; pass those, or another --data for a new split"
         )
+    missing = sorted(set(ALL_KINDS) - {v["kind"] for v in summary["videos"]})
+    if missing:
+        parser.error(
+            f"{args.data} has no {', '.join(missing)} videos (written by an older version); "
+            f"rewrite it: python -m pipeline.synthetic.hard --out {args.data}"
+        )
     detector = Detector(conf=0.1, iou=0.5)  # PreprocessConfig's detector settings
     accs: dict[str, list] = {
         "bytetrack": [],
         "pipeline": [],
         "pipeline-no-assoc": [],
+        "pipeline-no-color": [],
         "pipeline-botsort": [],
     }
     names = []
@@ -98,6 +106,7 @@ def main(argv=None) -> int:
             "bytetrack": bytetrack_alone(frames, fps),
             "pipeline": pipeline_tracks(frames, fps, (w, h)),
             "pipeline-no-assoc": pipeline_tracks(frames, fps, (w, h), associate_gap_s=0),
+            "pipeline-no-color": pipeline_tracks(frames, fps, (w, h), associate_min_color=-1),
             "pipeline-botsort": pipeline_tracks(frames, fps, (w, h), tracker="botsort"),
         }
         for name, hyp in hyps.items():

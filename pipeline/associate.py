@@ -59,6 +59,11 @@ class AssociationConfig:
             where its velocity along the border carries it over the gap).
         max_cost: a link costs (1 - similarity) + 0.5 * distance / allowed distance +
             0.2 * gap / ``max_gap_s``; links costing more are never made.
+        min_color_similarity: least Bhattacharyya coefficient of the two tracklets'
+            colour histograms (:func:`pipeline.reid.color_histograms`) for a link (not
+            checked when either has none; -1 turns the check off). It only refuses links,
+            and tracklets whose colours do not match are not counted as look-alikes
+            when the appearance floor is set.
     """
 
     max_gap_s: float = 8.0
@@ -66,6 +71,7 @@ class AssociationConfig:
     max_distance: float = 1.5
     border_reach: float = 0.25
     max_cost: float = 0.8
+    min_color_similarity: float = 0.5
 
     def __post_init__(self):
         if not (
@@ -78,8 +84,9 @@ class AssociationConfig:
                 "max_gap_s, max_distance, border_reach and max_cost must be > 0, got "
                 f"{self.max_gap_s}, {self.max_distance}, {self.border_reach}, {self.max_cost}"
             )
-        if not -1.0 <= self.min_similarity <= 1.0:
-            raise ValueError(f"min_similarity must be in [-1, 1], got {self.min_similarity}")
+        for name in ("min_similarity", "min_color_similarity"):
+            if not -1.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [-1, 1], got {getattr(self, name)}")
 
 
 @dataclass
@@ -95,6 +102,7 @@ class _Ends:
     entered: frozenset[str]  # the border sides the first box touches
     exited: frozenset[str]  # the border sides the last box touches
     embedding: np.ndarray | None
+    color: np.ndarray | None  # unit square-root colour histogram (pipeline.reid)
 
 
 def _centre(b: np.ndarray) -> np.ndarray:
@@ -136,7 +144,15 @@ def _ends(r: RawTrack, wh: tuple[int, int] | None) -> _Ends:
         entered=border_sides(r.xyxy[0], wh),
         exited=border_sides(r.xyxy[-1], wh),
         embedding=r.embedding(),
+        color=r.color(),
     )
+
+
+def color_match(a: _Ends, b: _Ends, min_similarity: float) -> bool:
+    """Whether two tracklets' colours may be one object's (True when either has none)."""
+    if a.color is None or b.color is None:
+        return True
+    return float(a.color @ b.color) >= min_similarity
 
 
 def link_cost(
@@ -154,6 +170,8 @@ def link_cost(
     gap = b.t0 - a.t1
     if not 0 < gap <= cfg.max_gap_s or a.cls != b.cls:
         return _INFEASIBLE  # gap <= 0: both visible at once, never the same identity
+    if not color_match(a, b, cfg.min_color_similarity):
+        return _INFEASIBLE  # another colour: another object, however alike the features
     floor = cfg.min_similarity if floor is None else floor
     if a.embedding is not None and b.embedding is not None:
         sim = float(a.embedding @ b.embedding)
@@ -180,13 +198,18 @@ def link_cost(
     return (1.0 - sim) + 0.5 * dist + 0.2 * gap / cfg.max_gap_s
 
 
-def similarity_floors(ends: list[_Ends], min_similarity: float) -> np.ndarray:
+def similarity_floors(
+    ends: list[_Ends], min_similarity: float, min_color_similarity: float = -1.0
+) -> np.ndarray:
     """(N, N): the similarity a link between tracklets i and j must exceed.
 
     Tracklets visible at the same time are different objects, so their similarities are
     what different objects reach in this clip: the floor of (i, j) is the highest
-    similarity of i or j with any tracklet of its class visible at the same time as i or
-    as j, and at least ``min_similarity``.
+    similarity of i or j with any look-alike of its class visible at the same time as i
+    or as j, and at least ``min_similarity``. A tracklet whose colours do not match
+    (``min_color_similarity``) is told apart by them and is no look-alike: a small object
+    hidden behind a large one of its class and another colour is not kept from its own
+    earlier tracklet by how alike the two classes' features are.
     """
     n = len(ends)
     emb = [e.embedding for e in ends]
@@ -200,6 +223,10 @@ def similarity_floors(ends: list[_Ends], min_similarity: float) -> np.ndarray:
     cls = np.array([e.cls for e in ends])
     together = (t0[:, None] <= t1[None, :]) & (t0[None, :] <= t1[:, None])
     together &= cls[:, None] == cls[None, :]  # links are within a class: so is the floor
+    for i in range(n):
+        for k in range(n):
+            if together[i, k] and not color_match(ends[i], ends[k], min_color_similarity):
+                together[i, k] = False
     np.fill_diagonal(together, False)
     floors = np.full((n, n), float(min_similarity))
     for i in range(n):
@@ -215,7 +242,7 @@ def similarity_floors(ends: list[_Ends], min_similarity: float) -> np.ndarray:
 def link_matrix(raws: list[RawTrack], cfg: AssociationConfig, wh) -> np.ndarray:
     """(N, N) cost of tracklet j continuing tracklet i."""
     ends = [_ends(r, wh) for r in raws]
-    floors = similarity_floors(ends, cfg.min_similarity)
+    floors = similarity_floors(ends, cfg.min_similarity, cfg.min_color_similarity)
     n = len(ends)
     cost = np.full((n, n), _INFEASIBLE)
     for i in range(n):

@@ -115,6 +115,11 @@ class PreprocessConfig:
     associate_min_sim: float = _opt(
         0.6, "least appearance similarity (cosine) of two tracklets linked into one ID"
     )
+    associate_min_color: float = _opt(
+        0.5,
+        "least colour similarity (Bhattacharyya coefficient of the mask's, or box's, HSV "
+        "histograms) of two tracklets linked into one ID; it only refuses links (-1: off)",
+    )
     masks: str = _opt(
         "detector",
         "where masks come from: detector (segmentation weights give them, detection weights "
@@ -192,6 +197,10 @@ class PreprocessConfig:
             problems.append(
                 f"associate_gap_s must be >= 0 and associate_min_sim in [-1, 1], got "
                 f"{self.associate_gap_s} and {self.associate_min_sim}"
+            )
+        if not -1.0 <= self.associate_min_color <= 1.0:
+            problems.append(
+                f"associate_min_color must be in [-1, 1], got {self.associate_min_color}"
             )
         if problems:
             raise ValueError("PreprocessConfig: " + "; ".join(problems))

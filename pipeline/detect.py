@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import supervision as sv
 
+from pipeline.reid import color_histograms
 from pipeline.runtime import ASSETS_DIR, MODELS_DIR, configure_offline, find_model_file
 
 DEFAULT_WEIGHTS_NAME = "synthetic-yolo11n-seg.pt"
@@ -80,6 +81,9 @@ class Detector:
         embedder: a callable (RGB frame, (N, 4) boxes) -> (N, D) float32 L2-normalised
             embeddings, such as :class:`pipeline.reid.ReIDEmbedder` (a named ReID model),
             whose output replaces the detection head's features when ``features`` is on.
+
+    With ``features`` on, detections also carry ``data["color"]`` (N, 256): each
+    object's colour histogram inside its mask, or its box (:func:`pipeline.reid.color_histograms`).
     """
 
     def __init__(
@@ -199,9 +203,11 @@ class Detector:
             if self.segmenter is not None:
                 for im, det in zip(images[start : start + self.batch_size], dets):
                     det.mask = self.segmenter(im, det.xyxy)
-            if self.embedder is not None:
-                for im, det in zip(images[start : start + self.batch_size], dets):
+            for im, det in zip(images[start : start + self.batch_size], dets):
+                if self.embedder is not None:
                     det.data["feature"] = self.embedder(im, det.xyxy)
+                if self.features:
+                    det.data["color"] = color_histograms(im, det.xyxy, det.mask)
             out.extend(dets)
         return out
 

@@ -84,6 +84,7 @@ def tracker_config(config: PreprocessConfig):
         tracker=config.tracker,
         associate_gap_s=config.associate_gap_s,
         associate_min_sim=config.associate_min_sim,
+        associate_min_color=config.associate_min_color,
     )
 
 

@@ -97,6 +97,8 @@ class TrackerConfig:
             seconds (occlusion, leaving and re-entering) into one ID, offline over the
             whole clip (:mod:`pipeline.associate`; 0 = off).
         associate_min_sim: least appearance similarity of two tracklets so linked.
+        associate_min_color: least colour similarity of two tracklets so linked (a veto;
+            -1 = off; :class:`pipeline.associate.AssociationConfig`).
     """
 
     track_high_thresh: float = 0.25
@@ -116,6 +118,7 @@ class TrackerConfig:
     tracker: str = "bytetrack"
     associate_gap_s: float = 8.0
     associate_min_sim: float = 0.6
+    associate_min_color: float = 0.5
 
     @property
     def association(self) -> AssociationConfig | None:
@@ -123,7 +126,9 @@ class TrackerConfig:
         if self.associate_gap_s <= 0:
             return None
         return AssociationConfig(
-            max_gap_s=self.associate_gap_s, min_similarity=self.associate_min_sim
+            max_gap_s=self.associate_gap_s,
+            min_similarity=self.associate_min_sim,
+            min_color_similarity=self.associate_min_color,
         )
 
     def __post_init__(self):

@@ -25,16 +25,22 @@ EXTENDED = ""  # class name of an extrapolated frame: no detector vote
 
 @dataclass
 class RawTrack:
-    """One tracklet: per observed frame its time, box, mask RLE, class and feature."""
+    """One tracklet: per observed frame its time, box, mask RLE, class, feature and colour
+    histogram (``colors``, :func:`pipeline.reid.color_histograms`; None where unknown)."""
 
     times_s: list[float]
     xyxy: list[np.ndarray]
     masks_rle: list[str | None]
     class_names: list[str]
     features: list[np.ndarray | None]
+    colors: list[np.ndarray | None] = None  # None: no frame has one
 
-    def columns(self) -> tuple[list, list, list, list, list]:
-        return self.times_s, self.xyxy, self.masks_rle, self.class_names, self.features
+    def __post_init__(self):
+        if self.colors is None:
+            self.colors = [None] * len(self.times_s)
+
+    def columns(self) -> tuple[list, list, list, list, list, list]:
+        return self.times_s, self.xyxy, self.masks_rle, self.class_names, self.features, self.colors
 
     def select(self, keep: np.ndarray) -> RawTrack:
         """The frames where ``keep`` (bool, per frame) is True."""
@@ -55,6 +61,15 @@ class RawTrack:
         if not feats:
             return None
         m = np.mean(feats, axis=0)
+        return m / max(float(np.linalg.norm(m)), 1e-12)
+
+    def color(self) -> np.ndarray | None:
+        """Mean of the frames' colour histograms (unit square-root rows), normalised; None
+        without any."""
+        rows = [c for c in self.colors if c is not None and c.size and c.any()]
+        if not rows:
+            return None
+        m = np.mean(rows, axis=0)
         return m / max(float(np.linalg.norm(m)), 1e-12)
 
 
@@ -105,9 +120,9 @@ class TrackBuilder:
         if names is None:
             cids = detections.class_id if detections.class_id is not None else np.zeros(len(xyxy))
             names = [str(int(c)) for c in cids]
-        feats = detections.data.get("feature")
+        feats, colors = detections.data.get("feature"), detections.data.get("color")
         for i, tid in enumerate(np.asarray(detections.tracker_id).astype(int)):
-            raw = self._tracks.setdefault(int(tid), RawTrack([], [], [], [], []))
+            raw = self._tracks.setdefault(int(tid), RawTrack([], [], [], [], [], []))
             if float(time_s) in raw.times_s:
                 raise ValueError(f"track {tid} observed twice at t={time_s}")
             raw.times_s.append(float(time_s))
@@ -116,6 +131,8 @@ class TrackBuilder:
             raw.masks_rle.append(self._mask_rle(detections.mask, i))
             f = None if feats is None else np.asarray(feats[i], np.float32)
             raw.features.append(f if f is not None and f.size else None)
+            c = None if colors is None else np.asarray(colors[i], np.float32)
+            raw.colors.append(c if c is not None and c.size else None)
 
     def _mask_rle(self, masks, i: int) -> str | None:
         if masks is None:
@@ -169,7 +186,7 @@ def concat(parts: list[RawTrack]) -> RawTrack:
     """Tracklets of one identity joined in time order (they never share a time)."""
     if len(parts) == 1:
         return parts[0]
-    joined = RawTrack([], [], [], [], [])
+    joined = RawTrack([], [], [], [], [], [])
     for p in sorted(parts, key=lambda p: p.times_s[0]):
         for dst, src in zip(joined.columns(), p.columns()):
             dst.extend(src)
@@ -376,4 +393,5 @@ def extend_to_edges(
         masks_rle=[None] * nb + list(r.masks_rle) + [None] * na,
         class_names=[EXTENDED] * nb + list(r.class_names) + [EXTENDED] * na,
         features=[None] * nb + list(r.features) + [None] * na,
+        colors=[None] * nb + list(r.colors) + [None] * na,
     )

@@ -232,11 +232,12 @@ def test_preprocess_writes_the_tracking_block_and_keeps_it_on_resume(hard_split,
     assert main([*args, "--limit", "2"]) == 0
     first = json.loads((out / "_manifest.json").read_text())["tracking"]
     assert first["videos"] == 2
-    assert main(args) == 0  # resumes: the 4 other videos (3 with ground truth)
+    n_gt = len(json.loads((hard_split / "summary.json").read_text())["videos"])
+    assert main(args) == 0  # resumes: the other videos (one of them the JPEG folder)
     printed = capsys.readouterr().out
     manifest = json.loads((out / "_manifest.json").read_text())
     block = manifest["tracking"]
-    assert block["videos"] == 5 and manifest["counts"]["videos"] == 6
+    assert block["videos"] == n_gt and manifest["counts"]["videos"] == n_gt + 1
     # the block is the sum of the rows' counts, each video once
     videos = list(read_videos(out))
     assert [v.mot is None for v in videos].count(True) == 1  # the JPEG folder
@@ -245,7 +246,7 @@ def test_preprocess_writes_the_tracking_block_and_keeps_it_on_resume(hard_split,
         assert block[name] == {**scores(total), **total}
     b, p = block["bytetrack"], block["pipeline"]
     assert p["num_switches"] <= b["num_switches"] and p["idf1"] >= b["idf1"]
-    line = next(s for s in printed.splitlines() if s.startswith("tracking (5 videos"))
+    line = next(s for s in printed.splitlines() if s.startswith(f"tracking ({n_gt} videos"))
     assert f"ID switches {b['num_switches']} -> {p['num_switches']}" in line
     # the merged view recomputes the same block and shows the same line
     view = folder_summary(out)

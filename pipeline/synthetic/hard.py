@@ -7,7 +7,10 @@ Scripted scenes, each built around one way IDs get lost (``KINDS``):
 - ``reenter``: objects leave through the frame border and come back 1-3 s later;
 - ``crossing``: two objects of the same shape and size cross each other's path;
 - ``crowd``: 15-18 objects drifting about their places, neighbours passing in front of
-  and behind one another.
+  and behind one another;
+- ``behind``: small objects pass behind a large object of their own shape (another
+  colour) and stay fully hidden by it for 1-4 s, as a child behind an adult: the
+  occluder is itself tracked and looks like them to a class-trained detector.
 
 and one (``TRAP_KINDS``) where a tracker that links too eagerly gives one ID to two
 objects:
@@ -51,9 +54,11 @@ from pipeline.synthetic.scene import (
     render_masks,
 )
 
-KINDS = ("occlusion", "reenter", "crossing", "crowd")
+KINDS = ("occlusion", "reenter", "crossing", "crowd", "behind")
 TRAP_KINDS = ("newcomer",)
 ALL_KINDS = KINDS + TRAP_KINDS
+_STREAMS = {"occlusion": 0, "reenter": 1, "crossing": 2, "crowd": 3, "newcomer": 4, "behind": 5}
+"""Each kind's random stream (fixed, so adding a kind leaves the others' scenes as they were)."""
 DEFAULT_OUT = DATA_DIR / "raw" / "synthetic-hard"
 HARD_CONFIG = SceneConfig(duration_s=10.0)  # 10 s at the default 10 fps and 320x240
 
@@ -179,6 +184,31 @@ def _crowd(rng, cfg: SceneConfig) -> list[SceneObject]:
     return objs
 
 
+def _behind(rng, cfg: SceneConfig) -> list[SceneObject]:
+    t = np.arange(cfg.num_frames) / cfg.fps
+    w, h = cfg.width, cfg.height
+    objs = []
+    for row, y in enumerate((0.3 * h, 0.7 * h)):
+        shape = str(rng.choice(["circle", "square"]))  # shapes that can hide a small copy
+        big_c, small_c = (str(c) for c in rng.choice(list(COLORS_RGB), size=2, replace=False))
+        big, small = int(rng.integers(64, 73)), int(rng.integers(18, 23))
+        reach = (big - small) / 2 - 2  # centre offsets at which the small one is inside
+        if shape == "circle":
+            reach = big / 2 - small / 2 * np.sqrt(2) - 2
+        hidden_s = rng.uniform(1.0, 4.0)
+        speed = 2 * reach / hidden_s  # relative to the large one
+        x_big = w * rng.uniform(0.4, 0.6)
+        sign = 1 if row == 0 else -1
+        t_mid = t[-1] * rng.uniform(0.4, 0.6)  # when the small one is behind the centre
+        drift = rng.uniform(-4.0, 4.0)  # the large one drifts a little
+        big_xy = _line(t, (x_big - drift * t_mid, y), (drift, 0.0))
+        v_small = sign * speed + drift
+        small_xy = _line(t, (x_big - v_small * t_mid, y), (v_small, 0.0))
+        objs.append(_obj(2 * row, shape, big_c, big, 2 * row + 1, big_xy))  # in front
+        objs.append(_obj(2 * row + 1, shape, small_c, small, 2 * row, small_xy))
+    return objs
+
+
 def _newcomer(rng, cfg: SceneConfig) -> list[SceneObject]:
     t = np.arange(cfg.num_frames) / cfg.fps
     w, h = cfg.width, cfg.height
@@ -215,6 +245,7 @@ _BUILDERS = {
     "crossing": _crossing,
     "crowd": _crowd,
     "newcomer": _newcomer,
+    "behind": _behind,
 }
 
 
@@ -223,7 +254,7 @@ def make_hard_scene(kind: str, seed: int, cfg: SceneConfig | None = None) -> Har
     if kind not in ALL_KINDS:
         raise ValueError(f"kind must be one of {ALL_KINDS}, got {kind!r}")
     cfg = cfg or HARD_CONFIG
-    rng = np.random.default_rng([seed, ALL_KINDS.index(kind)])
+    rng = np.random.default_rng([seed, _STREAMS[kind]])
     built = _BUILDERS[kind](rng, cfg)
     objects, pillar = built if kind == "occlusion" else (built, None)
     objects = tuple(objects)
