@@ -386,10 +386,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkersDyingError as exc:  # the videos in flight are in the failure list
         return _error(f"{exc} (finished videos are kept: a rerun resumes)")
     c = manifest["counts"]
+    quality = (
+        f"matched {c['matched']}/{c['annotated']} ({100 * c['match_rate']:.1f}%), right IDs "
+        f"{100 * c['exact_rate']:.1f}%, mean match IoU {c['mean_match_iou']:.3f}"
+        if c["annotated"]
+        else "no query with ground truth"
+    )
     print(
-        f"{out}: {c['videos']} videos, {c['queries']} queries, matched {c['matched']}/{c['annotated']} "
-        f"({100 * c['match_rate']:.1f}%), right IDs {100 * c['exact_rate']:.1f}%, "
-        f"mean match IoU {c['mean_match_iou']:.3f}, failed {c['videos_failed']}"
+        f"{out}: {c['videos']} videos, {c['queries']} queries, {quality}, "
+        f"failed {c['videos_failed']}"
         + (
             f" (see {out / failures_name(shard_tag(args.num_shards, args.shard_index))})"
             if c["videos_failed"]

@@ -235,6 +235,7 @@ def test_preprocess_writes_the_tracking_block_and_keeps_it_on_resume(hard_split,
     n_gt = len(json.loads((hard_split / "summary.json").read_text())["videos"])
     assert main(args) == 0  # resumes: the other videos (one of them the JPEG folder)
     printed = capsys.readouterr().out
+    assert f"{n_gt + 1} videos, 0 queries, no query with ground truth, failed 0" in printed
     manifest = json.loads((out / "_manifest.json").read_text())
     block = manifest["tracking"]
     assert block["videos"] == n_gt and manifest["counts"]["videos"] == n_gt + 1
