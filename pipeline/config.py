@@ -252,7 +252,9 @@ duplicates resolved across classes and cut for the overlapping period, border ex
 stopped at the sliver size, numbers only where the object was seen, legible labels;
 JPEG-folder clips timed from their first stored frame; ground-truth boxes checked and
 clipped to the frame.
-4: the ``mot`` column (MOT counts of videos with MOTChallenge ground truth)."""
+4: the ``mot`` column (MOT counts of videos with MOTChallenge ground truth); masks of
+segmentation weights predicted at the frame's resolution (``retina_masks``); links
+between tracklets whose colours differ refused."""
 
 
 def _file_digest(path: Path) -> str:

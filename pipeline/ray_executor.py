@@ -79,20 +79,18 @@ def _loopback_only() -> Iterator[None]:
     """
     from ray._private import ray_constants
 
-    env, before = os.environ.get(_RAY_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[_RAY_CLUSTER_ENV] = "0"
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    env, before = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
         if env is None:
-            os.environ.pop(_RAY_CLUSTER_ENV, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[_RAY_CLUSTER_ENV] = env
-
-
-_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+            os.environ[name] = env
 
 
 def _is_loopback(address: str) -> bool:
@@ -100,7 +98,9 @@ def _is_loopback(address: str) -> bool:
     loopback interface, where :func:`start_ray` puts a local instance."""
     import ipaddress
 
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    rest = address.split("://", 1)[-1]
+    host = rest.rsplit(":", 1)[0] if rest.count(":") == 1 or rest.startswith("[") else rest
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:

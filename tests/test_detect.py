@@ -213,3 +213,24 @@ def test_train_detector_one_epoch_on_a_tiny_set(tmp_path):
     loaded = Detector(out, conf=0.01)
     assert list(loaded.names.values()) == list(SHAPES)
     assert len(loaded([make_scene(9, with_expressions=False).frame(0)])) == 1
+
+
+@pytest.mark.slow
+def test_train_segmentation_from_the_synthetic_polygons(tmp_path):
+    """``--segment`` on the synthetic set's polygon labels: yolo11n-seg carrying the
+    committed checkpoint's weights over, one epoch, a segmentation model that gives masks."""
+    from pipeline.synthetic import generate
+    from pipeline.synthetic.train_detector import train
+
+    generate(tmp_path / "syn", num_train=0, num_test=0, det_train=8, det_val=4,
+             formats=("yolo",), progress=False)  # fmt: skip
+    out = tmp_path / "seg.pt"
+    metrics = train(tmp_path / "syn" / "yolo" / "data.yaml", epochs=1, imgsz=96, batch=4,
+                    out=out, run_dir=tmp_path / "run", workers=0, segment=True,
+                    init=default_weights())  # fmt: skip
+    assert metrics["task"] == "segment" and 0.0 <= metrics["mask_mAP50"] <= 1.0
+    assert metrics["init"] == default_weights().name
+    seg = Detector(out, conf=0.05)
+    assert seg.has_masks and list(seg.names.values()) == list(SHAPES)
+    (det,) = seg([make_scene(9, with_expressions=False).frame(0)])
+    assert det.mask is not None and det.mask.shape[0] == len(det)

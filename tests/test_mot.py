@@ -271,3 +271,23 @@ def test_the_mot_column_reads_back_from_every_reader(tmp_path):
     datasets = pytest.importorskip("datasets")
     ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
     assert row_to_video(ds[0]).mot == mot
+
+
+def test_a_malformed_gt_file_fails_its_video_with_the_line(hard_split, tmp_path):
+    import shutil
+
+    from pipeline.output import FAILURES
+    from pipeline.preprocess import main
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    video = sorted(hard_split.glob("*.mp4"))[0]
+    shutil.copyfile(video, root / video.name)
+    (root / f"{video.stem}.gt.txt").write_text("1,1,10,10,5,5,1,-1,-1,-1\n2,1,ten,10,5,5\n")
+    out = tmp_path / "out"
+    args = ["--dataset", "folder", "--root", str(root), "--out", str(out),
+            "--weights", "synthetic", "--no-progress"]  # fmt: skip
+    assert main(args) == 0  # the run goes on; the video is recorded as failed
+    (entry,) = [json.loads(x) for x in (out / FAILURES).read_text().splitlines()]
+    assert entry["video_id"] == video.stem
+    assert "MotGroundTruthError" in entry["reason"] and ".gt.txt:2:" in entry["reason"]

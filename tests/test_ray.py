@@ -109,12 +109,19 @@ def test_a_local_instance_listens_on_loopback_only(ray_cluster):
 
     assert ray_cluster.startswith("127.0.0.1:")
     assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
-    assert ray_constants.ENABLE_RAY_CLUSTER is True  # restored for later connections
+    # restored for later connections (the default this platform's Ray started with)
+    default = ray_constants.env_bool(
+        ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, not ray_constants.IS_WINDOWS_OR_OSX
+    )
+    assert default == ray_constants.ENABLE_RAY_CLUSTER
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
     # a second driver joining it by that address connects through loopback too
     from pipeline.ray_executor import _is_loopback
 
     assert _is_loopback(ray_cluster) and _is_loopback("localhost:6379")
+    assert (
+        _is_loopback("[::1]:6379") and _is_loopback("::1") and _is_loopback("ray://127.0.0.1:10001")
+    )
     assert not _is_loopback("10.0.0.2:6379") and not _is_loopback("auto")
 
 

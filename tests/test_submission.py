@@ -18,9 +18,11 @@ from trainer.submission import predicted_mask, write_submission
 
 
 @pytest.fixture(scope="module")
-def mevis_valid(tmp_path_factory):
+def mevis_valid(tmp_path_factory, detection_only_weights):
     """Synthetic MeViS data laid out as MeViS ``valid`` (frames and expressions, no masks:
-    scored by the server) and its shards, made by the real preprocessing."""
+    scored by the server) and its shards, made by the real preprocessing with a
+    detection-only checkpoint (tracks without masks: the filled-box fallback), and
+    ``seg_shards`` made with the committed segmentation detector (tracks with masks)."""
     from pipeline.adapters.mevis import iter_videos
     from pipeline.config import PreprocessConfig
     from pipeline.preprocess import run
@@ -33,8 +35,11 @@ def mevis_valid(tmp_path_factory):
     shutil.copytree(mevis / "valid_u", mevis / "valid", ignore=shutil.ignore_patterns("mask*"))
     records = list(iter_videos(mevis, "valid", fps=10, dataset="synthetic-mevis"))
     assert records and all(not q.gt for r in records for q in r.queries)  # nothing to score
-    run(records, root / "shards", PreprocessConfig(), progress=False)
-    return {"root": root, "mevis": mevis, "records": records, "shards": root / "shards"}
+    run(records, root / "shards", PreprocessConfig(weights=str(detection_only_weights)),
+        progress=False)  # fmt: skip
+    run(records, root / "seg_shards", PreprocessConfig(), progress=False)
+    return {"root": root, "mevis": mevis, "records": records, "shards": root / "shards",
+            "seg_shards": root / "seg_shards"}  # fmt: skip
 
 
 def read_back(zip_path, records):
@@ -61,7 +66,7 @@ def read_back(zip_path, records):
 def test_mevis_submission_reads_back(mevis_valid, tmp_path):
     out = tmp_path / "sub.zip"
     records = mevis_valid["records"]
-    with pytest.warns(UserWarning, match="boxes, filled"):  # the synthetic detector has no masks
+    with pytest.warns(UserWarning, match="boxes, filled"):  # a detection checkpoint: no masks
         s = evaluate("largest", mevis_valid["shards"], tmp_path / "eval", progress=False,
                      submission={"path": out, "records": records})  # fmt: skip
     assert s["submission"] == str(out) and s["n_queries"] == 0  # nothing scored locally
@@ -83,6 +88,35 @@ def test_mevis_submission_reads_back(mevis_valid, tmp_path):
         m = masks[f"Annotations/{rec.video_id}/{video.queries[0].query_id}/{k:05d}.png"]
         ys, xs = np.nonzero(m)  # stored and native sizes are equal here (320 x 240)
         assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x1, y1, x2, y2)
+
+
+def test_mevis_submission_uses_the_predicted_masks(mevis_valid, tmp_path):
+    """With the committed segmentation detector the PNGs are the chosen track's masks
+    (native and stored sizes are equal here), and no filled-box warning is given."""
+    import warnings
+
+    from pipeline.geometry import rle_to_mask
+    from pipeline.shards import read_videos
+    from trainer.evaluate import baseline_answer
+
+    out, records = tmp_path / "sub.zip", mevis_valid["records"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*boxes, filled.*")
+        evaluate("largest", mevis_valid["seg_shards"], tmp_path / "eval", progress=False,
+                 submission={"path": out, "records": records})  # fmt: skip
+    masks = read_back(out, records)
+    checked = 0
+    for video in read_videos(mevis_valid["seg_shards"]):
+        rec = next(r for r in records if r.video_id == video.video_id)
+        (tid,), _ = baseline_answer("largest", video, video.queries[0], None)
+        tr = video.track(tid)
+        i = next(j for j, m in enumerate(tr.masks_rle) if m is not None)
+        k = round(float(tr.times_s[i]) * rec.fps)
+        got = masks[f"Annotations/{rec.video_id}/{video.queries[0].query_id}/{k:05d}.png"]
+        want = rle_to_mask(tr.masks_rle[i], video.height, video.width)
+        assert (got == want).all() and want.any()
+        checked += 1
+    assert checked == len(records)
 
 
 def test_cli_export_submission(mevis_valid, tmp_path, capsys):

@@ -210,9 +210,9 @@ def _report(summary: dict, table: str, mevis_table: str) -> None:
     paths = ("shards", "manifest", "model", "train_metrics", "metrics_table",
              "metrics_table_mevis", "overlay_video", "prediction_video")  # fmt: skip
     for key in paths:
-        print(f"{key:>17}: {summary[key]}")
-    print(f"{'prediction':>17}: {json.dumps(summary['prediction'])}")
-    print(f"{'time':>17}: {summary['timings_s']['total_s']} s")
+        print(f"{key:>19}: {summary[key]}")
+    print(f"{'prediction':>19}: {json.dumps(summary['prediction'])}")
+    print(f"{'time':>19}: {summary['timings_s']['total_s']} s")
     print("\n" + table)
     print("zero-shot, synthetic MeViS test split:\n" + mevis_table)
 

@@ -192,9 +192,7 @@ def _behind(rng, cfg: SceneConfig) -> list[SceneObject]:
         shape = str(rng.choice(["circle", "square"]))  # shapes that can hide a small copy
         big_c, small_c = (str(c) for c in rng.choice(list(COLORS_RGB), size=2, replace=False))
         big, small = int(rng.integers(64, 73)), int(rng.integers(18, 23))
-        reach = (big - small) / 2 - 2  # centre offsets at which the small one is inside
-        if shape == "circle":
-            reach = big / 2 - small / 2 * np.sqrt(2) - 2
+        reach = (big - small) / 2  # centre offsets at which the small one is inside
         hidden_s = rng.uniform(1.0, 4.0)
         speed = 2 * reach / hidden_s  # relative to the large one
         x_big = w * rng.uniform(0.4, 0.6)
@@ -310,7 +308,8 @@ def write_hard_split(out: str | Path, seed: int = 0, per_kind: int = 3) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.synthetic.hard",
-        description="Write the harder synthetic split (occlusion, re-entry, crossing, crowds) "
+        description="Write the harder synthetic split (occlusion, behind, re-entry, crossing, "
+        "crowds, newcomers) "
         "as mp4 videos with MOTChallenge gt.txt identities.",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

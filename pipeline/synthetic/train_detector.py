@@ -32,6 +32,9 @@ from pipeline.shards import write_json_atomic
 
 DEFAULT_ROOT = DATA_DIR / "raw" / "synthetic"
 DEFAULT_OUT = ASSETS_DIR / DEFAULT_WEIGHTS_NAME
+"""Where a segmentation run writes by default: the committed checkpoint."""
+DETECTION_OUT = RUNS_DIR / "detector" / "synthetic-yolo11n.pt"
+"""Where a detection run writes by default (a stage of ``make detector``, not the asset)."""
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
@@ -80,7 +83,7 @@ def train(
     epochs: int = 30,
     imgsz: int = 192,
     batch: int = 16,
-    out: Path = DEFAULT_OUT,
+    out: Path | None = None,
     run_dir: Path = RUNS_DIR / "detector",
     workers: int = 2,
     seed: int = 0,
@@ -150,6 +153,9 @@ def train(
     best = Path(model.trainer.best)
     if not best.exists():
         raise RuntimeError(f"training finished without a best checkpoint at {best}")
+    task = model.task  # "segment" also for a segmentation checkpoint fine-tuned without --segment
+    if out is None:
+        out = DEFAULT_OUT if task == "segment" else DETECTION_OUT
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".pt.tmp")
@@ -180,7 +186,7 @@ def train(
             if segment
             else {}
         ),
-        "task": "segment" if segment else "detect",
+        "task": task,
         "epochs": epochs,
         "imgsz": imgsz,
         "batch": batch,
@@ -257,8 +263,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--out",
         type=Path,
-        default=DEFAULT_OUT,
-        help="where to write the checkpoint (metrics go to the same name .json)",
+        default=None,
+        help="where to write the checkpoint (metrics go to the same name .json); default: "
+        "the committed pipeline/assets/synthetic-yolo11n-seg.pt for a segmentation model, "
+        "data/runs/detector/synthetic-yolo11n.pt for a detection one",
     )
     ap.add_argument(
         "--run-dir",
@@ -273,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         epochs=args.epochs,
         imgsz=args.imgsz,
         batch=args.batch,
-        out=resolve(args.out),
+        out=resolve(args.out) if args.out else None,
         run_dir=resolve(args.run_dir),
         workers=args.workers,
         seed=args.seed,

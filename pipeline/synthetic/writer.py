@@ -142,8 +142,10 @@ def mask_polygon(mask: np.ndarray) -> np.ndarray:
     their closest points by Ultralytics' ``merge_multi_segment``, the converter its
     COCO-to-YOLO tool uses, because a YOLO segmentation label holds one polygon per
     object. Points are pixel indices, so ``cv2.fillPoly`` (what Ultralytics rasterises
-    labels with) redraws the mask's pixels. A piece too small to outline (fewer than
-    three contour points) contributes its box corners.
+    labels with) redraws the mask's pixels; the box Ultralytics derives from them is
+    ``(x1, y1, x2 - 1, y2 - 1)`` of the mask's exclusive box, one pixel short on the right
+    and bottom. A piece too small to outline (fewer than three contour points)
+    contributes its box corners.
     """
     import cv2
     from ultralytics.data.converter import merge_multi_segment

@@ -87,7 +87,9 @@ def format_summary(s: dict) -> str:
             f"{sh['share_done']}/{sh['videos_selected']} of its videos done, "
             f"{sh['videos_failed']} failed"
         )
-    if c.get("videos"):
+    if c.get("videos") and not c.get("annotated"):
+        lines.append(f"videos {c['videos']}, queries {c['queries']}, no query with ground truth")
+    elif c.get("videos"):
         lines.append(
             f"videos {c['videos']}, queries {c['queries']}, annotated {c['annotated']}, "
             f"matched {c['matched']} ({100 * c['match_rate']:.1f}%), right IDs {c['exact']} "
