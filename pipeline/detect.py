@@ -81,9 +81,11 @@ class Detector:
         embedder: a callable (RGB frame, (N, 4) boxes) -> (N, D) float32 L2-normalised
             embeddings, such as :class:`pipeline.reid.ReIDEmbedder` (a named ReID model),
             whose output replaces the detection head's features when ``features`` is on.
+        colors: attach colour histograms (below) when ``features`` is on.
 
-    With ``features`` on, detections also carry ``data["color"]`` (N, 256): each
-    object's colour histogram inside its mask, or its box (:func:`pipeline.reid.color_histograms`).
+    With ``colors`` on (and ``features``), detections also carry ``data["color"]`` (N, 256):
+    each object's colour histogram inside its mask, or its box
+    (:func:`pipeline.reid.color_histograms`); off where nothing reads them.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class Detector:
         segmenter=None,
         features: bool = True,
         embedder=None,
+        colors: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -119,6 +122,7 @@ class Detector:
         self.class_ids = self._class_ids(classes)
         self.embedder = embedder if features else None
         self.features = bool(features) and (self.embedder is not None or self._hook_head_inputs())
+        self.colors = bool(colors) and self.features
         self.segmenter = None if self.has_masks else segmenter
 
     @property
@@ -206,7 +210,7 @@ class Detector:
             for im, det in zip(images[start : start + self.batch_size], dets):
                 if self.embedder is not None:
                     det.data["feature"] = self.embedder(im, det.xyxy)
-                if self.features:
+                if self.colors:
                     det.data["color"] = color_histograms(im, det.xyxy, det.mask)
             out.extend(dets)
         return out

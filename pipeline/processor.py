@@ -106,6 +106,8 @@ class VideoProcessor:
             batch_size=config.batch_size,
             segmenter=_segmenter(config),
             embedder=_embedder(config),
+            # only the offline association reads colours, and only with a positive floor
+            colors=config.associate_gap_s > 0 and config.associate_min_color > 0,
         )
         self.overlay = IdOverlay(style=config.overlay_style)
         self.tracker_config = tracker_config(config)

@@ -398,3 +398,12 @@ def test_colour_check_refuses_links_and_leaves_colour_different_pairs_out_of_the
     assert joined.color() is not None and len(joined.colors) == len(joined.times_s)
     part = a.select(np.arange(len(a.times_s)) % 2 == 0)
     assert len(part.colors) == len(part.times_s) and part.color() @ a.color() > 0.999
+
+
+def test_colours_are_computed_only_where_the_association_reads_them():
+    from pipeline.config import PreprocessConfig
+    from pipeline.processor import VideoProcessor
+
+    assert VideoProcessor(PreprocessConfig()).detector.colors
+    assert not VideoProcessor(PreprocessConfig(associate_gap_s=0)).detector.colors
+    assert not VideoProcessor(PreprocessConfig(associate_min_color=-1)).detector.colors
