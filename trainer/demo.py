@@ -55,38 +55,43 @@ def evaluated_models(train_dir: Path, final: Path) -> list[tuple[str, str]]:
     return [*models, ("grpo-tiny", str(final))]
 
 
+def _evaluate_models(
+    models, shards: Path, out_dir: Path, cfg, protocols, table: Path, note: str
+) -> str:
+    """Evaluate ``(label, model)`` pairs on ``shards``, fed as ``cfg`` trained the model;
+    writes ``<out_dir>/<label>/`` and the markdown table plus ``note`` to ``table``."""
+    from trainer.evaluate import evaluate, markdown_table
+
+    summaries = {}
+    for label, name in models:
+        summaries[label] = evaluate(name, shards, out_dir / label, template=cfg.template,
+                                    max_new_tokens=cfg.max_new_tokens, fps=cfg.fps,
+                                    max_frames=cfg.max_frames, total_pixels=cfg.total_pixels,
+                                    protocols=protocols, progress=False)  # fmt: skip
+    text = markdown_table(summaries)
+    table.write_text(text + "\n" + note + "\n")
+    return text
+
+
 def evaluate_all(out: Path, final: Path, test_shards: Path, cfg) -> str:
     """Evaluate the trained models and the baselines under both protocols, fed as ``cfg``
     trained them; writes ``<out>/eval/<label>/`` and ``<out>/metrics.md``, returns the table."""
-    from trainer.evaluate import BASELINES, evaluate, markdown_table
+    from trainer.evaluate import BASELINES
 
-    summaries = {}
     models = [*evaluated_models(out / "train", final), *((b, b) for b in BASELINES)]
-    for label, name in models:
-        summaries[label] = evaluate(name, test_shards, out / "eval" / label, template=cfg.template,
-                                    max_new_tokens=cfg.max_new_tokens, fps=cfg.fps,
-                                    max_frames=cfg.max_frames, total_pixels=cfg.total_pixels,
-                                    protocols=DEMO_PROTOCOLS, progress=False)  # fmt: skip
-    table = markdown_table(summaries)
-    (out / "metrics.md").write_text(table + "\n" + TABLE_NOTE + "\n")
-    return table
+    return _evaluate_models(models, test_shards, out / "eval", cfg, DEMO_PROTOCOLS,
+                            out / "metrics.md", TABLE_NOTE)  # fmt: skip
 
 
 def evaluate_zero_shot(out: Path, final: Path, shards: Path, cfg) -> str:
     """The trained model and the baselines on the synthetic MeViS test split (multi-target
     expressions; masks in the ground truth and in every track, so J&F is scored from the
     predicted masks); writes ``<out>/eval-mevis/<label>/`` and ``<out>/metrics-mevis.md``."""
-    from trainer.evaluate import BASELINES, evaluate, markdown_table
+    from trainer.evaluate import BASELINES
 
-    summaries = {}
-    for label, name in [("grpo-tiny", str(final)), *((b, b) for b in BASELINES)]:
-        summaries[label] = evaluate(name, shards, out / "eval-mevis" / label, template=cfg.template,
-                                    max_new_tokens=cfg.max_new_tokens, fps=cfg.fps,
-                                    max_frames=cfg.max_frames, total_pixels=cfg.total_pixels,
-                                    progress=False)  # fmt: skip
-    table = markdown_table(summaries)
-    (out / "metrics-mevis.md").write_text(table + "\n" + MEVIS_NOTE + "\n")
-    return table
+    models = [("grpo-tiny", str(final)), *((b, b) for b in BASELINES)]
+    return _evaluate_models(models, shards, out / "eval-mevis", cfg, ("official",),
+                            out / "metrics-mevis.md", MEVIS_NOTE)  # fmt: skip
 
 
 def preprocess_splits(
