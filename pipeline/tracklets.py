@@ -57,20 +57,21 @@ class RawTrack:
 
     def embedding(self) -> np.ndarray | None:
         """Mean of the frames' unit features, normalised (None without features)."""
-        feats = [f for f in self.features if f is not None and f.size]
-        if not feats:
-            return None
-        m = np.mean(feats, axis=0)
-        return m / max(float(np.linalg.norm(m)), 1e-12)
+        return _mean_direction(f for f in self.features if f is not None and f.size)
 
     def color(self) -> np.ndarray | None:
         """Mean of the frames' colour histograms (unit square-root rows), normalised; None
         without any."""
-        rows = [c for c in self.colors if c is not None and c.size and c.any()]
-        if not rows:
-            return None
-        m = np.mean(rows, axis=0)
-        return m / max(float(np.linalg.norm(m)), 1e-12)
+        return _mean_direction(c for c in self.colors if c is not None and c.size and c.any())
+
+
+def _mean_direction(rows) -> np.ndarray | None:
+    """The normalised mean of unit rows (None when there are none)."""
+    rows = list(rows)
+    if not rows:
+        return None
+    m = np.mean(rows, axis=0)
+    return m / max(float(np.linalg.norm(m)), 1e-12)
 
 
 def majority(names: list[str]) -> str:
