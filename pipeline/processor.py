@@ -96,6 +96,7 @@ class VideoProcessor:
         from pipeline.overlay import IdOverlay
 
         self.config = config
+        self.tracker_config = tracker_config(config)
         self.detector = Detector(
             config.weights,
             conf=config.conf,
@@ -106,11 +107,9 @@ class VideoProcessor:
             batch_size=config.batch_size,
             segmenter=_segmenter(config),
             embedder=_embedder(config),
-            # only the offline association reads colours, and only with a positive floor
-            colors=config.associate_gap_s > 0 and config.associate_min_color > 0,
+            colors=self.tracker_config.reads_colors,
         )
         self.overlay = IdOverlay(style=config.overlay_style)
-        self.tracker_config = tracker_config(config)
 
     def __call__(self, record: VideoRecord) -> tuple[dict, dict]:
         from pipeline.decode import iter_frames, probe

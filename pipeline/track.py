@@ -131,6 +131,14 @@ class TrackerConfig:
             min_color_similarity=self.associate_min_color,
         )
 
+    @property
+    def reads_colors(self) -> bool:
+        """Whether tracking reads the detections' colour histograms: only the offline
+        association's colour check does, with a floor above 0 (a Bhattacharyya
+        coefficient never is below)."""
+        association = self.association
+        return association is not None and association.min_color_similarity > 0
+
     def __post_init__(self):
         if self.tracker not in TRACKERS:
             raise ValueError(f"tracker must be one of {TRACKERS}, got {self.tracker!r}")
