@@ -196,11 +196,11 @@ def tracks_on_frames(tracks: Sequence[Track], frame_times_s: Sequence[float]) ->
     if not len(times):
         return out
     tol = 0.5 * float(np.min(np.diff(times))) if len(times) > 1 else 0.5
+    from pipeline.geometry import nearest_index
+
     for tr in tracks:
         t = np.asarray(tr.times_s, dtype=np.float64)
-        right = np.clip(np.searchsorted(times, t), 0, len(times) - 1)
-        left = np.maximum(right - 1, 0)
-        k = np.where(np.abs(times[left] - t) <= np.abs(times[right] - t), left, right)
+        k = nearest_index(times, t, np.inf)
         for kk, dt, box in zip(k, np.abs(times[k] - t), tr.xyxy):
             if dt < tol:
                 out[int(kk)].append((tr.id, np.asarray(box, np.float64)))
