@@ -218,6 +218,7 @@ def _probe_video(record: VideoRecord) -> VideoInfo:
                 full = sum(1 for p in container.demux(stream) if p.pts is not None) / fps
             except av.FFmpegError as exc:
                 raise DecodeError(f"{path}: cannot read packets ({exc})") from exc
+        header_frames = int(stream.frames)  # PyAV >= 18 refuses stream reads once closed
     if not (w and h):
         raise DecodeError(f"{path}: no frame size in the header")
     start = record.clip_start_s
@@ -227,8 +228,8 @@ def _probe_video(record: VideoRecord) -> VideoInfo:
         raise DecodeError(
             f"{path}: clip [{start}, {record.clip_end_s}) lies past the end ({full:.3f} s)"
         )
-    whole = start == 0 and end == full and stream.frames
-    num = int(stream.frames) if whole else max(1, round(duration * fps))
+    whole = start == 0 and end == full and header_frames
+    num = header_frames if whole else max(1, round(duration * fps))
     return VideoInfo(fps, num, int(w), int(h), duration)
 
 
