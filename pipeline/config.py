@@ -65,7 +65,12 @@ class PreprocessConfig:
     out_fps: float = _opt(2.0, "rate of the stored, overlaid frames")
     max_side: int | None = _opt(640, "shrink frames so the longer side is at most this (0: keep)")
     min_track_frames: int = _opt(3, "drop tracks observed in fewer frames")
-    max_gap_s: float = _opt(0.5, "interpolate a track's box across gaps up to this long")
+    max_gap_s: float = _opt(
+        1.0,
+        "interpolate a track's box across gaps up to this long when matching ground truth to "
+        "IDs (an object hidden that long behind another keeps its ID; numbers are drawn only "
+        "where the track was observed)",
+    )
     overlay_style: str = _opt(
         "number",
         "how IDs are drawn: legible numbers (outlined, contrasting, never overlapping) alone or "

@@ -313,8 +313,9 @@ def test_exact_rate_is_recomputed_from_the_shards(reference):
     from pipeline.shards import read_videos
 
     out, manifest, _ = reference
+    gap = manifest["config"]["max_gap_s"]
     exact = [
-        match_quality(q, v.tracks, max_gap_s=0.5, frame_hw=(v.height, v.width))["exact"]
+        match_quality(q, v.tracks, max_gap_s=gap, frame_hw=(v.height, v.width))["exact"]
         for v in read_videos(out)
         for q in v.queries
     ]
@@ -327,9 +328,9 @@ def test_exact_rate_is_recomputed_from_the_shards(reference):
 
 
 def test_right_ids_on_the_default_synthetic_set(tmp_path_factory):
-    """The acceptance figure: >= 95% of the default synthetic set's 40 queries (32 train +
-    8 test videos, the set `make synthetic` writes) get exactly the right IDs, as the
-    manifests report them."""
+    """The acceptance figure: >= 97.5% of the default synthetic set's 40 queries (32 train +
+    8 test videos, the set `make synthetic` writes; at most one miss) get exactly the right
+    IDs, as the manifests report them."""
     from pipeline.datasets import iter_records
     from pipeline.synthetic import generate
 
@@ -344,7 +345,7 @@ def test_right_ids_on_the_default_synthetic_set(tmp_path_factory):
     exact = sum(c["exact"] for c in counts)
     inexact = [e for c in counts for e in c["inexact_queries"]]
     assert annotated == 40 and sum(c["videos_failed"] for c in counts) == 0
-    assert exact / annotated >= 0.95, f"right IDs {exact}/{annotated}: {inexact}"
+    assert exact / annotated >= 0.975, f"right IDs {exact}/{annotated}: {inexact}"
     # every query matched, so the manifests list exactly the misses, each with its reason
     assert sum(c["matched"] for c in counts) == 40 and len(inexact) == annotated - exact
     for e in inexact:

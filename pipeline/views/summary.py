@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.config import PreprocessConfig
 from pipeline.locks import held_tags
 from pipeline.mot import summary_line
 from pipeline.output import (
@@ -60,7 +61,10 @@ def folder_summary(out_dir: str | Path) -> dict:
         for vid, entry in read_failures(path).items():
             if vid not in finished:
                 failures[vid] = entry
-    max_gap_s = next((m["config"]["max_gap_s"] for m in manifests.values() if "config" in m), 0.5)
+    max_gap_s = next(
+        (m["config"]["max_gap_s"] for m in manifests.values() if "config" in m),
+        PreprocessConfig.max_gap_s,
+    )
     has_parts = bool(list_shards(out_dir, recursive=False))
     counts = summarize_shards(out_dir, max_gap_s) if has_parts else {"videos": 0}
     annotation_problems = next(
