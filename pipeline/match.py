@@ -236,15 +236,31 @@ def _second_ids(
     same_box_iou: float,
 ) -> np.ndarray:
     """(M,) bool: tracks other than ``chosen`` that are a second ID on the GT object in some
-    frame (see :func:`match_quality`); ``on``/``iou`` are (T, M) over its valid frames."""
+    frame (see :func:`match_quality`); ``on``/``iou`` are (T, M) over its valid frames.
+
+    Only frames where the other track was observed count (within half the tracking step):
+    across a gap nothing of it is drawn, and an object hidden behind the target is
+    interpolated right onto it."""
+    times = gt.times_s[valid]
     other = on & (ids != chosen)[None, :]  # (T, M)
+    half_step = 0.5 * _tracking_step(tracks) + 1e-6
+    for m in np.flatnonzero(other.any(axis=0)):
+        other[:, m] &= nearest_index(tracks[m].times_s, times, half_step) >= 0
     if chosen is None or not other.any():
         return other.any(axis=0)
     c = int(np.flatnonzero(ids == chosen)[0])
-    times = gt.times_s[valid]
     chosen_box = tracks[c].boxes_at(times, max_gap_s)  # (T, 4), NaN where absent
     second = np.zeros_like(other)
     for m in np.flatnonzero(other.any(axis=0)):
         coincide = paired_box_iou(tracks[m].boxes_at(times, max_gap_s), chosen_box) >= same_box_iou
         second[:, m] = other[:, m] & (~on[:, c] | (iou[:, m] >= iou[:, c]) | coincide)
     return second.any(axis=0)
+
+
+def _tracking_step(tracks: Sequence[Track]) -> float:
+    """The shortest time between two observations of one track (the tracking period); 0
+    when no track has two."""
+    steps = [np.diff(tr.times_s) for tr in tracks if len(tr.times_s) > 1]
+    steps = np.concatenate(steps) if steps else np.zeros(0)
+    steps = steps[steps > 0]
+    return float(steps.min()) if steps.size else 0.0

@@ -140,6 +140,20 @@ def test_an_object_passing_over_the_target_is_not_a_second_id():
     assert match_quality(q, [t1, dup], 0.5, same_box_iou=0.9)["other_ids"] == [[]]
 
 
+def test_an_object_hidden_behind_the_target_is_not_a_second_id():
+    # Track 2 is seen at t = 0 and t = 4, 20 px left and right of the target, and hidden
+    # behind it in between: interpolated across the 4 s gap (max_gap 5 s) its box lies
+    # exactly on the target at t = 2 (IoU 1), but it was not observed there, so no number
+    # of it was drawn on the target. Observed there, it is a second ID.
+    times = [0.0, 1.0, 2.0, 3.0, 4.0]
+    t1 = track(1, times, [SQ] * 5)
+    q = query(gt(times, [SQ] * 5))
+    hidden = track(2, [0.0, 4.0], [shifted(SQ, -20), shifted(SQ, 20)])
+    assert match_quality(q, [t1, hidden], 5.0)["other_ids"] == [[]]
+    seen = track(2, [0.0, 2.0, 4.0], [shifted(SQ, -20), SQ, shifted(SQ, 20)])
+    assert match_quality(q, [t1, seen], 5.0)["other_ids"] == [[2]]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_perfect_tracker_gets_every_synthetic_query_right(seed):
     # The generator's own visible boxes, one track per object, as a tracker that never errs
