@@ -11,6 +11,8 @@ settings); the same detections then go to
   the cleaning, border extension, duplicate resolution and offline association);
 - ``pipeline-no-assoc``: the same with the offline association off;
 - ``pipeline-no-color``: the association without its colour check (``associate_min_color=-1``);
+- ``pipeline-no-repair``: boxes around two overlapping objects left as the detector gave
+  them (``merged_growth=0``);
 - ``pipeline-botsort``: the pipeline with BoT-SORT (detector features as ReID) online.
 Metrics come from ``motmetrics`` (IDF1, ID switches, fragmentations, MOTA; IoU >= 0.5;
 the reading, matching and ByteTrack-alone tracker of :mod:`pipeline.mot`, which
@@ -93,6 +95,7 @@ def main(argv=None) -> int:
         "pipeline": [],
         "pipeline-no-assoc": [],
         "pipeline-no-color": [],
+        "pipeline-no-repair": [],
         "pipeline-botsort": [],
     }
     names = []
@@ -107,6 +110,7 @@ def main(argv=None) -> int:
             "pipeline": pipeline_tracks(frames, fps, (w, h)),
             "pipeline-no-assoc": pipeline_tracks(frames, fps, (w, h), associate_gap_s=0),
             "pipeline-no-color": pipeline_tracks(frames, fps, (w, h), associate_min_color=-1),
+            "pipeline-no-repair": pipeline_tracks(frames, fps, (w, h), merged_growth=0),
             "pipeline-botsort": pipeline_tracks(frames, fps, (w, h), tracker="botsort"),
         }
         for name, hyp in hyps.items():

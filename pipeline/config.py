@@ -99,6 +99,11 @@ class PreprocessConfig:
         "in look) at IoU >= this is cut for those frames, dropped if that is 60%% of its "
         "frames (0: keep all)",
     )
+    merged_growth: float = _opt(
+        0.15,
+        "repair a box wider or taller than 1 + this times the track's usual size within 1 s "
+        "(a detector's box around two overlapping objects) from its neighbours (0: off)",
+    )
     edge_extend_s: float = _opt(
         1.0,
         "continue a track that leaves (enters) through the frame border at its velocity, "
@@ -163,10 +168,10 @@ class PreprocessConfig:
                 f"min_track_frames must be >= 1 and track_buffer >= 0, got "
                 f"{self.min_track_frames} and {self.track_buffer}"
             )
-        if self.max_gap_s < 0 or self.edge_extend_s < 0:
+        if self.max_gap_s < 0 or self.edge_extend_s < 0 or self.merged_growth < 0:
             problems.append(
-                f"max_gap_s and edge_extend_s must be >= 0, got {self.max_gap_s} and "
-                f"{self.edge_extend_s}"
+                f"max_gap_s, edge_extend_s and merged_growth must be >= 0, got "
+                f"{self.max_gap_s}, {self.edge_extend_s} and {self.merged_growth}"
             )
         if not (0.0 <= self.nms_iou <= 1.0 and 0.0 <= self.duplicate_iou <= 1.0):
             problems.append(

@@ -176,6 +176,23 @@ def summarize_tracking(out_dir: Path) -> dict | None:
     return block
 
 
+def stored_without_mot(out_dir: Path, video_ids: set[str]) -> list[str]:
+    """Those of ``video_ids`` whose stored row has no MOT counts (the ``mot`` column null
+    or absent): videos whose ``gt.txt`` appeared after they were processed."""
+    import pyarrow.parquet as pq
+
+    from pipeline.shards import list_shards
+
+    out = []
+    for path in list_shards(out_dir, recursive=False):
+        has_mot = "mot" in pq.read_schema(path).names
+        table = pq.read_table(path, columns=["video_id", "mot"] if has_mot else ["video_id"])
+        ids = table.column("video_id").to_pylist()
+        cells = table.column("mot").to_pylist() if has_mot else [None] * len(ids)
+        out += [v for v, c in zip(ids, cells) if v in video_ids and c is None]
+    return sorted(out)
+
+
 def _inexact_entry(video_id: str, query, quality: dict) -> dict:
     return {
         "video_id": video_id,

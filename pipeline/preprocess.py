@@ -45,6 +45,7 @@ from pipeline.output import (
     read_failures,
     remove_stray_temps,
     select_records,
+    stored_without_mot,
     summarize_shards,
     summarize_tracking,
 )
@@ -222,6 +223,10 @@ def _finish(out_dir, config, tag, selected, stats, elapsed, options, meta) -> di
         "versions": package_versions(),
         "counts": counts,
         "tracking": summarize_tracking(out_dir),
+        # a gt.txt added beside a video already stored: not scored (not in the identity)
+        "tracking_unscored": stored_without_mot(
+            out_dir, {r.video_id for r in selected if r.mot_gt is not None}
+        ),
         "failures": failures,
         "last_run": {
             "num_shards": num_shards,
@@ -404,6 +409,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracking = summary_line(manifest["tracking"])
     if tracking:
         print(tracking)
+    unscored = manifest["tracking_unscored"]
+    if unscored:
+        print(
+            f"{len(unscored)} stored video(s) have a gt.txt that was not there when they were "
+            f"processed, so they have no MOT metrics ({', '.join(unscored[:5])}"
+            f"{', ...' if len(unscored) > 5 else ''}); rerun with --overwrite to score them"
+        )
     return 0
 
 

@@ -80,6 +80,7 @@ def tracker_config(config: PreprocessConfig):
         min_frames=config.min_track_frames,
         edge_extend_s=config.edge_extend_s,
         duplicate_iou=config.duplicate_iou,
+        merged_growth=config.merged_growth,
         kalman=config.kalman,
         tracker=config.tracker,
         associate_gap_s=config.associate_gap_s,

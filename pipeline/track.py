@@ -79,6 +79,10 @@ class TrackerConfig:
             otherwise those frames are cut from it
             (:func:`pipeline.tracklets.resolve_duplicates`; 0 = keep every track).
         duplicate_share: see ``duplicate_iou``.
+        merged_growth: a box wider or taller than ``1 +`` this times the track's usual
+            size around then (a detector's box around two overlapping objects) is replaced
+            by the line between its sound neighbours, or dropped at the track's ends
+            (:func:`pipeline.tracklets.repair_merged_boxes`; 0 = off).
         edge_extend_s: a track whose last (first) box touches the frame border and
             whose motion carries it out of the frame is continued (started earlier) on
             the tracked frames with its extrapolated box clipped to the frame, until the
@@ -114,6 +118,7 @@ class TrackerConfig:
     merge_max_dist: float = 1.0
     duplicate_iou: float = 0.5
     duplicate_share: float = 0.6
+    merged_growth: float = 0.15
     edge_extend_s: float = 1.0
     tracker: str = "bytetrack"
     associate_gap_s: float = 8.0
@@ -388,6 +393,7 @@ def _finish(builder: TrackBuilder, config: TrackerConfig) -> list[Track]:
         duplicate_iou=config.duplicate_iou,
         duplicate_share=config.duplicate_share,
         link=_linker(config, builder),
+        merged_growth=config.merged_growth,
     )
 
 

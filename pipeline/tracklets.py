@@ -153,8 +153,10 @@ class TrackBuilder:
         duplicate_iou: float = 0.0,
         duplicate_share: float = 0.6,
         link=None,
+        merged_growth: float = 0.0,
     ) -> list[Track]:
-        """Merge fragments (optional), drop short tracks, extend tracks to the frame border
+        """Merge fragments (optional), drop short tracks, repair boxes that grew onto another
+        object for a moment (optional, see :func:`repair_merged_boxes`), extend tracks to the frame border
         (optional, see :attr:`pipeline.track.TrackerConfig.edge_extend_s`; needs
         ``frame_wh``), give each object one ID at a time (optional, see
         :func:`resolve_duplicates`), link tracklets of one object over time (optional:
@@ -173,6 +175,8 @@ class TrackBuilder:
             for r in raws
             if len(r.times_s) >= min_frames and r.times_s[-1] - r.times_s[0] >= min_duration_s
         ]
+        if merged_growth > 0:  # before extending: a merged last box would set the exit speed
+            kept = [repair_merged_boxes(r, merged_growth) for r in kept]
         size = self.out_wh or self.frame_wh
         if edge_extend_s > 0 and size is not None:
             frame_times = np.asarray(self._frame_times)
@@ -240,6 +244,78 @@ def merge_fragments(raws: list[RawTrack], gap_s: float, max_dist: float) -> list
             for dst, src in zip(best.columns(), r.columns()):
                 dst.extend(src)
     return chains
+
+
+def merged_frames(
+    r: RawTrack, growth: float, window_s: float = 1.0, min_frames: int = 4
+) -> np.ndarray:
+    """(T,) bool: frames where ``r``'s box is wider or taller than ``1 + growth`` times what
+    the track usually is around then (the 75th percentile of the widths, and of the heights,
+    of its other boxes within ``window_s``, needing ``min_frames`` of them).
+
+    When two objects overlap, a detector often gives one of them, for a frame or a few, a
+    box (and mask) around both: a spike in size the object itself does not make. Objects
+    that grow on their own (entering the frame, coming out from behind another, nearing
+    the camera) grow over many frames, which the window follows; boxes shrunk by an
+    occluder or the frame border are smaller, never flagged."""
+    t = np.asarray(r.times_s, np.float64)
+    b = np.stack(r.xyxy).astype(np.float64)
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    out = np.zeros(len(t), bool)
+    if len(t) <= min_frames:
+        return out
+    for i in range(len(t)):
+        near = np.abs(t - t[i]) <= window_s
+        near[i] = False
+        if near.sum() < min_frames:
+            continue
+        ref_w, ref_h = np.percentile(w[near], 75), np.percentile(h[near], 75)
+        out[i] = w[i] > (1 + growth) * ref_w or h[i] > (1 + growth) * ref_h
+    return out
+
+
+def repair_merged_boxes(
+    r: RawTrack, growth: float, window_s: float = 1.0, fit_frames: int = 4
+) -> RawTrack:
+    """``r`` with its merged boxes (:func:`merged_frames`) replaced from the track's sound
+    boxes within ``window_s``: the line between the nearest one on either side, or, where
+    one side has none (the track's ends), the least-squares line through the nearest
+    ``fit_frames`` on the other side, extended; a merged box with fewer than two sound
+    boxes within reach is dropped. Repaired frames keep their time and class (the object
+    was seen there, so its number is drawn) but lose the mask, appearance feature and
+    colour, which were of both objects."""
+    bad = merged_frames(r, growth, window_s)
+    if not bad.any():
+        return r
+    t = np.asarray(r.times_s, np.float64)
+    boxes = np.stack(r.xyxy).astype(np.float64)
+    sound = np.flatnonzero(~bad)
+    keep = np.ones(len(t), bool)
+    out = RawTrack(*(list(col) for col in r.columns()))
+    for i in np.flatnonzero(bad):
+        near = sound[np.abs(t[sound] - t[i]) <= window_s]
+        before, after = near[near < i], near[near > i]
+        if before.size and after.size:
+            lo, hi = before[-1], after[0]
+            a = (t[i] - t[lo]) / (t[hi] - t[lo])
+            box = (1 - a) * boxes[lo] + a * boxes[hi]
+        elif max(before.size, after.size) >= 2:
+            side = before[-fit_frames:] if before.size else after[:fit_frames]
+            _, box = _fit_line(t[side] - t[i], boxes[side])  # the line's value at t[i]
+        else:
+            keep[i] = False
+            continue
+        out.xyxy[i] = box.astype(np.float32)
+        out.masks_rle[i] = out.features[i] = out.colors[i] = None
+    return out.select(keep)
+
+
+def _fit_line(dt: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares line through (N,) times and (N, 4) boxes: (velocity per second, the
+    box at dt = 0)."""
+    design = np.stack([dt, np.ones_like(dt)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, np.asarray(boxes, np.float64), rcond=None)
+    return coef[0], coef[1]
 
 
 def _similar(a: RawTrack, b: RawTrack, min_sim: float) -> bool:
@@ -354,9 +430,7 @@ def _exit_boxes(
     dt = t - t[0]
     if not np.ptp(dt) > 0:
         return [], []
-    design = np.stack([dt, np.ones_like(dt)], axis=1)
-    coef, *_ = np.linalg.lstsq(design, np.asarray(boxes[:n], np.float64), rcond=None)
-    velocity, start = coef[0], coef[1]  # (4,) px/s, (4,) fitted box at the end time
+    velocity, start = _fit_line(dt, boxes[:n])  # (4,) px/s, (4,) fitted box at the end time
     w, h = wh
     sliver = max(1.0, MIN_GT_SIDE * min(w, h))
     out_t, out_b = [], []

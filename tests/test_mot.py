@@ -255,6 +255,28 @@ def test_preprocess_writes_the_tracking_block_and_keeps_it_on_resume(hard_split,
     assert line in format_summary(view).splitlines()
 
 
+def test_a_gt_file_added_after_its_video_was_stored_is_reported(hard_split, tmp_path, capsys):
+    import shutil
+
+    from pipeline.preprocess import main
+
+    root, out = tmp_path / "videos", tmp_path / "out"
+    root.mkdir()
+    shutil.copy(hard_split / "crossing_000.mp4", root)
+    args = ["--dataset", "folder", "--root", str(root), "--out", str(out),
+            "--weights", "synthetic", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads((out / "_manifest.json").read_text())["tracking_unscored"] == []
+    capsys.readouterr()
+    shutil.copy(hard_split / "crossing_000.gt.txt", root)  # the gt.txt comes later
+    assert main(args) == 0  # the video is stored: skipped, and not scored
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["tracking"] is None and manifest["tracking_unscored"] == ["crossing_000"]
+    printed = capsys.readouterr().out
+    assert "1 stored video(s) have a gt.txt that was not there" in printed
+    assert "(crossing_000); rerun with --overwrite to score them" in printed
+
+
 def test_the_mot_column_reads_back_from_every_reader(tmp_path):
     import pandas as pd
 

@@ -282,3 +282,57 @@ def test_xywh_kalman_keeps_one_id_while_an_object_enters(speed):
     assert len(xywh) == 1 and len(xywh[0].times_s) == 28
     with pytest.raises(ValueError, match="kalman must be one of"):
         TrackerConfig(kalman="xyz")
+
+
+def _raw_track(boxes, fps: float = 10.0):
+    from pipeline.tracklets import RawTrack
+
+    n = len(boxes)
+    times = [k / fps for k in range(n)]
+    boxes = [np.array(b, np.float32) for b in boxes]
+    return RawTrack(times, boxes, ["m"] * n, ["square"] * n, [np.ones(2)] * n, [np.ones(3)] * n)
+
+
+def test_a_box_around_two_overlapping_objects_is_repaired_from_its_neighbours():
+    from pipeline.tracklets import merged_frames, repair_merged_boxes
+
+    # A 20x20 square moving right 2 px/frame; at frame 5 the detector boxes it together
+    # with a neighbour below (height 20 -> 32 > 1.15 x 20, the 75th percentile of the
+    # heights within 1 s), at frame 6 too. Frames 5 and 6 become the line between frames
+    # 4 ([8, 0, 28, 20]) and 7 ([14, 0, 34, 20]): [10, 0, 30, 20] and [12, 0, 32, 20], the
+    # square's own boxes.
+    boxes = [[2.0 * k, 0, 2.0 * k + 20, 20] for k in range(12)]
+    boxes[5] = [10.0, 0, 30, 32]
+    boxes[6] = [12.0, 0, 32, 30]
+    r = _raw_track(boxes)
+    assert np.flatnonzero(merged_frames(r, 0.15)).tolist() == [5, 6]
+    fixed = repair_merged_boxes(r, 0.15)
+    assert fixed.times_s == r.times_s  # still seen there: its number is drawn
+    np.testing.assert_allclose(fixed.xyxy[5], [10, 0, 30, 20])
+    np.testing.assert_allclose(fixed.xyxy[6], [12, 0, 32, 20])
+    assert fixed.masks_rle[5] is None and fixed.features[6] is None and fixed.colors[5] is None
+    assert fixed.masks_rle[4] == "m" and fixed.features[7] is not None
+    # a merged last box has no sound box after it: the line through the last 4 sound ones
+    # (2 px/frame) is extended to it, [16, 0, 36, 20] (the border extension would otherwise
+    # take its growth for the exit speed)
+    end = _raw_track([[2.0 * k, 0, 2.0 * k + 20, 20] for k in range(8)] + [[16.0, 0, 50, 20]])
+    fixed_end = repair_merged_boxes(end, 0.15)
+    assert len(fixed_end.times_s) == 9
+    np.testing.assert_allclose(fixed_end.xyxy[8], [16, 0, 36, 20], atol=1e-4)
+
+
+def test_objects_growing_on_their_own_are_left_alone():
+    from pipeline.tracklets import merged_frames
+
+    # Entering through the left border (width 4 -> 40 by 4 px/frame), then steady; a square
+    # coming out from behind another (height 6 -> 30 by 3 px/frame); 10% detector jitter;
+    # and a box shrunk by an occluder for a moment. None is a spike above the usual size.
+    entering = [[0, 50, min(4.0 * (k + 1), 40), 90] for k in range(20)]
+    revealed = [[50, 50, 80, 50 + min(6.0 + 3 * k, 30)] for k in range(20)]
+    rng = np.random.default_rng(0)
+    jitter = [[50, 50, 80 + 3 * rng.uniform(-1, 1), 80 + 3 * rng.uniform(-1, 1)] for _ in range(30)]
+    shrunk = [[50, 50, 80, 80]] * 5 + [[50, 50, 80, 60]] * 3 + [[50, 50, 80, 80]] * 5
+    for boxes in (entering, revealed, jitter, shrunk):
+        assert not merged_frames(_raw_track(boxes), 0.15).any()
+    # a track of 4 boxes is too short to know its usual size
+    assert not merged_frames(_raw_track([[0, 0, 10, 10]] * 3 + [[0, 0, 30, 30]]), 0.15).any()
