@@ -240,19 +240,26 @@ def _second_ids(
 
     Only frames where the other track was observed count (within half the tracking step):
     across a gap nothing of it is drawn, and an object hidden behind the target is
-    interpolated right onto it."""
+    interpolated right onto it. For the same reason two boxes coincide (a duplicate: two
+    numbers drawn on one object) only where both tracks were observed."""
     times = gt.times_s[valid]
-    other = on & (ids != chosen)[None, :]  # (T, M)
     half_step = 0.5 * _tracking_step(tracks) + 1e-6
+
+    def observed(m: int) -> np.ndarray:
+        return nearest_index(tracks[m].times_s, times, half_step) >= 0
+
+    other = on & (ids != chosen)[None, :]  # (T, M)
     for m in np.flatnonzero(other.any(axis=0)):
-        other[:, m] &= nearest_index(tracks[m].times_s, times, half_step) >= 0
+        other[:, m] &= observed(m)
     if chosen is None or not other.any():
         return other.any(axis=0)
     c = int(np.flatnonzero(ids == chosen)[0])
     chosen_box = tracks[c].boxes_at(times, max_gap_s)  # (T, 4), NaN where absent
+    chosen_seen = observed(c)
     second = np.zeros_like(other)
     for m in np.flatnonzero(other.any(axis=0)):
-        coincide = paired_box_iou(tracks[m].boxes_at(times, max_gap_s), chosen_box) >= same_box_iou
+        overlap = paired_box_iou(tracks[m].boxes_at(times, max_gap_s), chosen_box)
+        coincide = chosen_seen & (overlap >= same_box_iou)
         second[:, m] = other[:, m] & (~on[:, c] | (iou[:, m] >= iou[:, c]) | coincide)
     return second.any(axis=0)
 

@@ -152,6 +152,14 @@ def test_an_object_hidden_behind_the_target_is_not_a_second_id():
     assert match_quality(q, [t1, hidden], 5.0)["other_ids"] == [[]]
     seen = track(2, [0.0, 2.0, 4.0], [shifted(SQ, -20), SQ, shifted(SQ, 20)])
     assert match_quality(q, [t1, seen], 5.0)["other_ids"] == [[2]]
+    # the other way round: the target hidden at t = 2 (its track interpolated there, IoU 1)
+    # under an object seen 1 px off it (IoU 0.82, boxes coinciding at 0.82 >= 0.7). Only
+    # that object's number is drawn there, and the target's track fits better: no second
+    # ID. Two coinciding boxes are one object's two numbers only where both are drawn.
+    behind = track(1, [0.0, 1.0, 3.0, 4.0], [SQ] * 4)
+    over = track(2, [2.0], [shifted(SQ, 1)])
+    assert match_quality(q, [behind, over], 5.0)["other_ids"] == [[]]
+    assert match_quality(q, [t1, over], 5.0)["other_ids"] == [[2]]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
