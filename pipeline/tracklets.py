@@ -264,10 +264,11 @@ def merged_frames(
     out = np.zeros(len(t), bool)
     if len(t) <= min_frames:
         return out
+    lo = np.searchsorted(t, t - window_s - 1e-9, side="left")  # times are sorted
+    hi = np.searchsorted(t, t + window_s + 1e-9, side="right")
     for i in range(len(t)):
-        near = np.abs(t - t[i]) <= window_s
-        near[i] = False
-        if near.sum() < min_frames:
+        near = np.r_[lo[i] : i, i + 1 : hi[i]]  # the window without frame i
+        if near.size < min_frames:
             continue
         ref_w, ref_h = np.percentile(w[near], 75), np.percentile(h[near], 75)
         out[i] = w[i] > (1 + growth) * ref_w or h[i] > (1 + growth) * ref_h
@@ -293,7 +294,8 @@ def repair_merged_boxes(
     keep = np.ones(len(t), bool)
     out = RawTrack(*(list(col) for col in r.columns()))
     for i in np.flatnonzero(bad):
-        near = sound[np.abs(t[sound] - t[i]) <= window_s]
+        near = sound[np.searchsorted(t[sound], t[i] - window_s - 1e-9) :]
+        near = near[: np.searchsorted(t[near], t[i] + window_s + 1e-9, side="right")]
         before, after = near[near < i], near[near > i]
         if before.size and after.size:
             lo, hi = before[-1], after[0]
