@@ -22,8 +22,9 @@ from pipeline.geometry import mask_iou, nearest_index, paired_box_iou, rle_to_ma
 from pipeline.records import GTObject, QueryRecord, Track
 
 SAME_BOX_IOU = 0.7
-"""Two tracks' boxes overlapping at least this much in a frame sit on one object there
-(a duplicate), whichever fits the ground truth better; see :func:`match_quality`."""
+"""Two tracks' boxes overlapping at least this much in a frame where both were observed
+sit on one object there (a duplicate), whichever fits the ground truth better; see
+:func:`match_quality`."""
 
 MIN_GT_SIDE = 0.05
 """GT boxes with a shorter side under this share of the frame's shorter side (12 px at
@@ -175,10 +176,11 @@ def match_quality(
     IoU >= ``iou_thresh`` with the GT there. The query is ``exact`` when, for every GT
     object, the chosen ID is on it in >= ``min_coverage`` of its frames, no second ID is
     ever on it (a duplicate track or an ID switch makes the answer ambiguous), and
-    distinct objects got distinct IDs. Another ID on the target in a frame is a second ID
-    when the chosen ID is not on it there, or fits it at least as well, or the two boxes
-    coincide (IoU >= ``same_box_iou``: two boxes on one object). Another object passing
-    over the target (its own box, a worse fit, apart from the chosen one) is not: a
+    distinct objects got distinct IDs. Another ID on the target in a frame where its track
+    was observed is a second ID when the chosen ID is not on it there, or fits it at least
+    as well, or the two boxes coincide where both were observed (IoU >= ``same_box_iou``:
+    two boxes on one object). Another object passing over the target (its own box, a
+    worse fit, apart from the chosen one) or hidden behind it is not: a
     tracker that follows every object perfectly is exact on every query
     (``tests/test_match.py`` scores the synthetic scenes' own boxes). With
     ``frame_hw`` (height, width), GT boxes whose shorter side is under ``min_side`` of
@@ -194,9 +196,12 @@ def match_quality(
     matches = [m for m, _, _ in per_object]
     ids = np.array([tr.id for tr in tracks], dtype=np.int64)
     coverage, others = [], []
+    half_step = 0.5 * _tracking_step(tracks) + 1e-6  # "observed": this near an observation
     for gt, (m, iou, valid) in zip(query.gt, per_object):
         on = iou >= iou_thresh  # (T, M)
-        second = _second_ids(on, iou, gt, valid, tracks, ids, m.track_id, max_gap_s, same_box_iou)
+        times = gt.times_s[valid]
+        second = _second_ids(on, iou, times, tracks, ids, m.track_id, max_gap_s, same_box_iou,
+                             half_step)  # fmt: skip
         others.append(sorted(int(i) for i in ids[second]))
         if m.track_id is None or not len(on):
             coverage.append(0.0)
@@ -227,23 +232,22 @@ def match_quality(
 def _second_ids(
     on: np.ndarray,
     iou: np.ndarray,
-    gt: GTObject,
-    valid: np.ndarray,
+    times: np.ndarray,
     tracks: Sequence[Track],
     ids: np.ndarray,
     chosen: int | None,
     max_gap_s: float,
     same_box_iou: float,
+    half_step: float,
 ) -> np.ndarray:
     """(M,) bool: tracks other than ``chosen`` that are a second ID on the GT object in some
-    frame (see :func:`match_quality`); ``on``/``iou`` are (T, M) over its valid frames.
+    frame (see :func:`match_quality`); ``on``/``iou`` are (T, M) at its valid ``times``.
 
-    Only frames where the other track was observed count (within half the tracking step):
+    Only frames where the other track was observed count (within ``half_step``, half the
+    tracking step):
     across a gap nothing of it is drawn, and an object hidden behind the target is
     interpolated right onto it. For the same reason two boxes coincide (a duplicate: two
     numbers drawn on one object) only where both tracks were observed."""
-    times = gt.times_s[valid]
-    half_step = 0.5 * _tracking_step(tracks) + 1e-6
 
     def observed(m: int) -> np.ndarray:
         return nearest_index(tracks[m].times_s, times, half_step) >= 0

@@ -152,21 +152,31 @@ TRACKING_NOTE = (
 )
 
 
-def summarize_tracking(out_dir: Path) -> dict | None:
-    """The manifest's ``tracking`` block, recomputed from the folder's own part files:
-    per tracker (:data:`pipeline.mot.TRACKERS`) the summed counts with their IDF1 and
-    MOTA, and the number of videos scored; None when no video has MOT ground truth."""
+def read_mot_cells(out_dir: Path) -> dict[str, dict | None]:
+    """Video id -> its stored row's MOT counts (:func:`pipeline.shards.mot_cell`; None for
+    a row without them, also in part files written before output version 4)."""
     import pyarrow.parquet as pq
 
-    from pipeline.mot import MOT_IOU, TRACKERS, scores, sum_counts
     from pipeline.shards import list_shards, mot_cell
 
-    cells = []
+    cells: dict[str, dict | None] = {}
     for path in list_shards(out_dir, recursive=False):
-        if "mot" not in pq.read_schema(path).names:
-            continue  # written before output version 4
-        column = pq.read_table(path, columns=["mot"]).column("mot").to_pylist()
-        cells += [c for c in map(mot_cell, column) if c is not None]
+        has_mot = "mot" in pq.read_schema(path).names
+        table = pq.read_table(path, columns=["video_id", "mot"] if has_mot else ["video_id"])
+        ids = table.column("video_id").to_pylist()
+        column = table.column("mot").to_pylist() if has_mot else [None] * len(ids)
+        cells.update(zip(ids, map(mot_cell, column)))
+    return cells
+
+
+def summarize_tracking(out_dir: Path, cells: dict[str, dict | None] | None = None) -> dict | None:
+    """The manifest's ``tracking`` block, recomputed from the folder's own part files (or
+    from their :func:`read_mot_cells`, when the caller has read them): per tracker
+    (:data:`pipeline.mot.TRACKERS`) the summed counts with their IDF1 and MOTA, and the
+    number of videos scored; None when no video has MOT ground truth."""
+    from pipeline.mot import MOT_IOU, TRACKERS, scores, sum_counts
+
+    cells = [c for c in (read_mot_cells(out_dir) if cells is None else cells).values() if c]
     if not cells:
         return None
     block: dict = {"videos": len(cells), "iou": MOT_IOU, "note": TRACKING_NOTE}
@@ -176,21 +186,10 @@ def summarize_tracking(out_dir: Path) -> dict | None:
     return block
 
 
-def stored_without_mot(out_dir: Path, video_ids: set[str]) -> list[str]:
-    """Those of ``video_ids`` whose stored row has no MOT counts (the ``mot`` column null
-    or absent): videos whose ``gt.txt`` appeared after they were processed."""
-    import pyarrow.parquet as pq
-
-    from pipeline.shards import list_shards
-
-    out = []
-    for path in list_shards(out_dir, recursive=False):
-        has_mot = "mot" in pq.read_schema(path).names
-        table = pq.read_table(path, columns=["video_id", "mot"] if has_mot else ["video_id"])
-        ids = table.column("video_id").to_pylist()
-        cells = table.column("mot").to_pylist() if has_mot else [None] * len(ids)
-        out += [v for v, c in zip(ids, cells) if v in video_ids and c is None]
-    return sorted(out)
+def stored_without_mot(cells: dict[str, dict | None], video_ids: set[str]) -> list[str]:
+    """Those of ``video_ids`` stored without MOT counts (``cells`` from
+    :func:`read_mot_cells`): videos whose ``gt.txt`` appeared after they were processed."""
+    return sorted(v for v, c in cells.items() if v in video_ids and c is None)
 
 
 def _inexact_entry(video_id: str, query, quality: dict) -> dict:

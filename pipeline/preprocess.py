@@ -43,6 +43,7 @@ from pipeline.output import (
     package_versions,
     prepare_output,
     read_failures,
+    read_mot_cells,
     remove_stray_temps,
     select_records,
     stored_without_mot,
@@ -210,6 +211,7 @@ def _finish(out_dir, config, tag, selected, stats, elapsed, options, meta) -> di
                 if vid not in finished]  # fmt: skip
     index, num_shards = (int(x) for x in tag.split("of"))
     counts = summarize_shards(out_dir, config.max_gap_s)
+    mot_cells = read_mot_cells(out_dir)
     counts["videos_selected"] = len(selected)
     counts["share_done"] = sum(r.video_id in finished for r in selected)
     counts["videos_failed"] = len(failures)
@@ -222,10 +224,10 @@ def _finish(out_dir, config, tag, selected, stats, elapsed, options, meta) -> di
         "counts_note": SHARE_NOTE,
         "versions": package_versions(),
         "counts": counts,
-        "tracking": summarize_tracking(out_dir),
+        "tracking": summarize_tracking(out_dir, mot_cells),
         # a gt.txt added beside a video already stored: not scored (not in the identity)
         "tracking_unscored": stored_without_mot(
-            out_dir, {r.video_id for r in selected if r.mot_gt is not None}
+            mot_cells, {r.video_id for r in selected if r.mot_gt is not None}
         ),
         "failures": failures,
         "last_run": {

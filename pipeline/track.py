@@ -81,7 +81,8 @@ class TrackerConfig:
         duplicate_share: see ``duplicate_iou``.
         merged_growth: a box wider or taller than ``1 +`` this times the track's usual
             size around then (a detector's box around two overlapping objects) is replaced
-            by the line between its sound neighbours, or dropped at the track's ends
+            by the line between its sound neighbours, or, at the track's ends, the line
+            through the sound boxes on one side, extended
             (:func:`pipeline.tracklets.repair_merged_boxes`; 0 = off).
         edge_extend_s: a track whose last (first) box touches the frame border and
             whose motion carries it out of the frame is continued (started earlier) on

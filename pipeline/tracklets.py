@@ -156,8 +156,8 @@ class TrackBuilder:
         merged_growth: float = 0.0,
     ) -> list[Track]:
         """Merge fragments (optional), drop short tracks, repair boxes that grew onto another
-        object for a moment (optional, see :func:`repair_merged_boxes`), extend tracks to the frame border
-        (optional, see :attr:`pipeline.track.TrackerConfig.edge_extend_s`; needs
+        object for a moment (optional, see :func:`repair_merged_boxes`), extend tracks to
+        the frame border (optional, see :attr:`pipeline.track.TrackerConfig.edge_extend_s`; needs
         ``frame_wh``), give each object one ID at a time (optional, see
         :func:`resolve_duplicates`), link tracklets of one object over time (optional:
         ``link`` maps the tracklets to groups of one identity, such as
