@@ -578,7 +578,7 @@ def test_idempotent_mismatch_and_force(tmp_path):
 
 
 def test_hard_split_scenes_hide_exit_cross_and_crowd():
-    from pipeline.synthetic.hard import KINDS, make_hard_scene, mot_rows
+    from pipeline.synthetic.hard import CROWD_HIDERS, KINDS, make_hard_scene, mot_rows
 
     fps = 10.0
     occ = make_hard_scene("occlusion", 0)
@@ -597,7 +597,17 @@ def test_hard_split_scenes_hide_exit_cross_and_crowd():
     assert (a.shape, a.size_px) == (b.shape, b.size_px) and a.color != b.color
     dx = cross.objects[0].centers_xy[:, 0] - cross.objects[1].centers_xy[:, 0]
     assert dx[0] * dx[-1] < 0  # their order swaps: they cross
-    assert len(make_hard_scene("crowd", 0).objects) >= 15
+    for seed in range(4):  # 15+ objects; four small ones each hidden behind a large one
+        crowd = make_hard_scene("crowd", seed)
+        assert len(crowd.objects) >= 15
+        smalls = crowd.objects[-CROWD_HIDERS:]
+        larges = crowd.objects[-2 * CROWD_HIDERS : -CROWD_HIDERS]
+        for big, small in zip(larges, smalls):
+            assert big.shape == small.shape and big.color != small.color
+            assert big.size_px > 2 * small.size_px and big.depth > small.depth
+            seen = crowd.visible_frames(small.obj_id)
+            assert 1.0 <= (np.diff(seen).max() - 1) / fps <= 4.5  # other members may add a little
+            assert len(crowd.visible_frames(big.obj_id)) == crowd.num_frames
     rows = mot_rows(occ)  # MOTChallenge gt.txt: one row per visible object per frame
     assert len(rows) == int((~np.isnan(occ.boxes_xyxy[..., 0])).sum())
     frame, oid, x, y, w, h = (float(v) for v in rows[0].split(",")[:6])

@@ -7,7 +7,8 @@ Scripted scenes, each built around one way IDs get lost (``KINDS``):
 - ``reenter``: objects leave through the frame border and come back 1-3 s later;
 - ``crossing``: two objects of the same shape and size cross each other's path;
 - ``crowd``: 15-18 objects drifting about their places, neighbours passing in front of
-  and behind one another;
+  and behind one another, four of them small ones that walk behind a large member of
+  their own shape (another colour) and stay fully hidden by it for 1-4 s;
 - ``behind``: small objects pass behind a large object of their own shape (another
   colour) and stay fully hidden by it for 1-4 s, as a child behind an adult: the
   occluder is itself tracked and looks like them to a class-trained detector.
@@ -157,13 +158,22 @@ def _crossing(rng, cfg: SceneConfig) -> list[SceneObject]:
     return objs
 
 
+CROWD_HIDERS = 4
+"""Members of each crowd that pass behind a larger one and stay fully hidden for 1-4 s."""
+
+
 def _crowd(rng, cfg: SceneConfig) -> list[SceneObject]:
     t = np.arange(cfg.num_frames) / cfg.fps
     w, h = cfg.width, cfg.height
     n = int(rng.integers(15, 19))
     cols = int(np.ceil(np.sqrt(n * w / h)))
     rows = int(np.ceil(n / cols))
-    cells = rng.permutation(rows * cols)[:n]
+    n_drift = n - 2 * CROWD_HIDERS
+    order = rng.permutation(rows * cols)
+    inner = order % cols > 0
+    inner &= order % cols < cols - 1  # large members hiding a small one: off the side borders
+    screens = order[inner][:CROWD_HIDERS]
+    cells = np.concatenate([order[~np.isin(order, screens)][:n_drift], screens])
     objs = []
     for k, c in enumerate(cells):
         cx = (c % cols + 0.5) * w / cols
@@ -171,6 +181,8 @@ def _crowd(rng, cfg: SceneConfig) -> list[SceneObject]:
         amp = rng.uniform(12, 30, size=2)  # about half a cell: neighbours pass over each other
         phase = rng.uniform(0, 2 * np.pi, size=2)
         freq = rng.uniform(0.05, 0.15, size=2)
+        if k >= n_drift:  # a large member that hides a small one: it sways less
+            amp = amp / 3
         centers = np.stack(
             [
                 cx + amp[0] * np.sin(2 * np.pi * freq[0] * t + phase[0]),
@@ -178,10 +190,28 @@ def _crowd(rng, cfg: SceneConfig) -> list[SceneObject]:
             ],
             axis=1,
         )
-        size = int(rng.integers(22, 28))
-        shape, color = str(rng.choice(SHAPES)), str(rng.choice(list(COLORS_RGB)))
-        objs.append(_obj(k, shape, color, size, k, centers))
-    return objs
+        if k < n_drift:
+            size = int(rng.integers(22, 28))
+            shape, color = str(rng.choice(SHAPES)), str(rng.choice(list(COLORS_RGB)))
+            objs.append(_obj(k, shape, color, size, CROWD_HIDERS + k, centers))
+            continue
+        # a large member and a small one of its shape (another colour) that walks up to
+        # it, passes behind it fully hidden for 1-4 s, and stands on its other side
+        shape = str(rng.choice(["circle", "square"]))
+        big_c, small_c = (str(c) for c in rng.choice(list(COLORS_RGB), size=2, replace=False))
+        big, small = int(rng.integers(46, 53)), int(rng.integers(18, 22))
+        reach = (big - small) / 2  # centre offsets at which the small one is inside
+        hidden_s = rng.uniform(1.0, 4.0)
+        speed = 2 * reach / hidden_s
+        t_mid = t[-1] * rng.uniform(0.4, 0.6)
+        walk = reach + 0.6 * big  # it walks from this far on one side to as far on the other
+        sign = 1 if rng.random() < 0.5 else -1
+        dx = sign * np.clip(speed * (t - t_mid), -walk, walk)
+        small_xy = centers + np.stack([dx, np.zeros_like(dx)], axis=1)
+        j = k - n_drift
+        objs.append(_obj(k, shape, big_c, big, n + j, centers))  # in front of everyone
+        objs.append(_obj(n - CROWD_HIDERS + j, shape, small_c, small, j, small_xy))  # behind
+    return sorted(objs, key=lambda o: o.obj_id)
 
 
 def _behind(rng, cfg: SceneConfig) -> list[SceneObject]:
