@@ -50,7 +50,8 @@ class AssociationConfig:
             Each link also needs a similarity above those of the two tracklets with any
             tracklet of their class visible at the same time as either of them (see the
             module notes).
-        max_distance: how far (in box diagonals of the earlier tracklet) from its last
+        max_distance: how far (in median box diagonals of the earlier tracklet: its
+            size, not that of a sliver it left at the edge of an occluder) from its last
             position, or from where its velocity carries it, the next one may start,
             per second of gap plus one (when the pair is not a leave-then-re-enter one).
         border_reach: a tracklet that ends on the frame border and one that starts on it
@@ -99,6 +100,7 @@ class _Ends:
     first: np.ndarray
     last: np.ndarray
     velocity_end: np.ndarray  # (2,) px/s of the centre over the last frames
+    diagonal: float  # the median box diagonal (px): its size, not a sliver's at an edge
     entered: frozenset[str]  # the border sides the first box touches
     exited: frozenset[str]  # the border sides the last box touches
     embedding: np.ndarray | None
@@ -141,6 +143,7 @@ def _ends(r: RawTrack, wh: tuple[int, int] | None) -> _Ends:
         first=np.asarray(r.xyxy[0], np.float64),
         last=np.asarray(r.xyxy[-1], np.float64),
         velocity_end=_velocity(r.times_s, r.xyxy),
+        diagonal=float(np.median([np.hypot(b[2] - b[0], b[3] - b[1]) for b in r.xyxy])),
         entered=border_sides(r.xyxy[0], wh),
         exited=border_sides(r.xyxy[-1], wh),
         embedding=r.embedding(),
@@ -187,7 +190,7 @@ def link_cost(
             return _INFEASIBLE
         dist = offset / cfg.border_reach
     else:
-        diag = max(float(np.hypot(*(a.last[2:] - a.last[:2]))), 1.0)
+        diag = max(a.diagonal, 1.0)
         start = _centre(b.first)
         moved = _centre(a.last) + a.velocity_end * gap
         d = min(np.hypot(*(start - _centre(a.last))), np.hypot(*(start - moved))) / diag
@@ -199,9 +202,12 @@ def link_cost(
 
 
 def similarity_floors(
-    ends: list[_Ends], min_similarity: float, min_color_similarity: float = -1.0
+    ends: list[_Ends],
+    min_similarity: float,
+    min_color_similarity: float = -1.0,
+    max_gap_s: float | None = None,
 ) -> np.ndarray:
-    """(N, N): the similarity a link between tracklets i and j must exceed.
+    """(N, N): the similarity a link from tracklet i to a later tracklet j must exceed.
 
     Tracklets visible at the same time are different objects, so their similarities are
     what different objects reach in this clip: the floor of (i, j) is the highest
@@ -210,6 +216,14 @@ def similarity_floors(
     (``min_color_similarity``) is told apart by them and is no look-alike: a small object
     hidden behind a large one of its class and another colour is not kept from its own
     earlier tracklet by how alike the two classes' features are.
+
+    With ``max_gap_s``, a look-alike that is itself a candidate for one end of the link
+    does not count: one visible with i that ends before j starts (it may be what j
+    continues), or one visible with j that starts after i ends (it may continue i), each
+    within ``max_gap_s``. Two alike objects hidden at once come back as two alike
+    tracklets; appearance cannot tell which is which, and the assignment chooses between
+    the rival links by place and motion instead of refusing both. A look-alike in view all
+    along (the third object of a newcomer scene) is no rival and still counts.
     """
     n = len(ends)
     emb = [e.embedding for e in ends]
@@ -233,6 +247,10 @@ def similarity_floors(
         for j in range(n):
             others = together[i] | together[j]
             others[[i, j]] = False
+            if max_gap_s is not None:
+                before_j = (t1 < t0[j]) & (t0[j] - t1 <= max_gap_s) & together[i]
+                after_i = (t0 > t1[i]) & (t0 - t1[i] <= max_gap_s) & together[j]
+                others &= ~(before_j | after_i)
             if others.any():
                 reach = max(sim[i, others].max(), sim[j, others].max())
                 floors[i, j] = max(floors[i, j], reach)
@@ -242,7 +260,9 @@ def similarity_floors(
 def link_matrix(raws: list[RawTrack], cfg: AssociationConfig, wh) -> np.ndarray:
     """(N, N) cost of tracklet j continuing tracklet i."""
     ends = [_ends(r, wh) for r in raws]
-    floors = similarity_floors(ends, cfg.min_similarity, cfg.min_color_similarity)
+    floors = similarity_floors(
+        ends, cfg.min_similarity, cfg.min_color_similarity, cfg.max_gap_s
+    )
     n = len(ends)
     cost = np.full((n, n), _INFEASIBLE)
     for i in range(n):
@@ -250,6 +270,68 @@ def link_matrix(raws: list[RawTrack], cfg: AssociationConfig, wh) -> np.ndarray:
             if i != j:
                 cost[i, j] = link_cost(ends[i], ends[j], cfg, wh, floors[i, j])
     return cost
+
+
+SPLIT_MIN_S = 0.5
+"""Each part of a tracklet split at an ID switch spans at least this long."""
+SPLIT_WINDOW_S = 2.0
+"""How much of a tracklet on each side of a frame is compared when looking for a switch."""
+
+
+def split_switches(
+    r: RawTrack,
+    min_color_similarity: float,
+    min_s: float = SPLIT_MIN_S,
+    window_s: float = SPLIT_WINDOW_S,
+) -> list[RawTrack]:
+    """``r`` cut where it moved from one object to another: the parts in time order.
+
+    An online tracker that loses an object can carry its track on to another one nearby
+    (a small object hidden behind a large one, its track continued on a neighbour). At
+    each frame the mean colour histogram (:func:`pipeline.reid.color_histograms`) of the
+    ``window_s`` before it is compared with that of the ``window_s`` from it (a switch
+    can take a second: the box slides from one object onto the other); where they are
+    less alike than ``min_color_similarity`` (the association would never link two
+    tracklets so coloured), the track is cut at the least alike such frame, and each
+    part is looked at again on its own. Every part spans at least ``min_s``; frames
+    without a colour histogram go with the part they fall in.
+    The parts go to the association like any tracklets, which links those of one object
+    again (a track that moved onto another object and back is cut twice, and its two
+    ends linked).
+    """
+    if min_color_similarity <= -1.0 or not r.times_s:
+        return [r]
+    t = np.asarray(r.times_s, np.float64)
+    if t[-1] - t[0] < 2 * min_s:
+        return [r]
+    rows = [c if c is not None and c.size and c.any() else None for c in r.colors]
+    dim = next((c.size for c in rows if c is not None), 0)
+    if not dim:
+        return [r]
+    filled = np.stack([c if c is not None else np.zeros(dim, np.float32) for c in rows])
+    csum = np.concatenate([np.zeros((1, dim)), np.cumsum(filled, axis=0, dtype=np.float64)])
+    eps = 1e-9
+    k = np.arange(1, len(t))
+    ok = (t[k - 1] - t[0] >= min_s - eps) & (t[-1] - t[k] >= min_s - eps)
+    k = k[ok]
+    if not len(k):
+        return [r]
+    lo = np.searchsorted(t, t[k] - window_s, side="left")  # the window before frame k
+    hi = np.searchsorted(t, t[k] + window_s, side="left")  # the window from frame k
+    before, after = csum[k] - csum[lo], csum[hi] - csum[k]
+    norms = np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1)
+    sim = np.full(len(k), np.inf)
+    has = norms > 0
+    sim[has] = np.einsum("ij,ij->i", before[has], after[has]) / norms[has]
+    i = int(np.argmin(sim))
+    if not sim[i] < min_color_similarity:
+        return [r]
+    idx = np.arange(len(t))
+    return [
+        part
+        for keep in (idx < k[i], idx >= k[i])
+        for part in split_switches(r.select(keep), min_color_similarity, min_s, window_s)
+    ]
 
 
 def associate(
@@ -261,6 +343,7 @@ def associate(
     link to one that re-enters through the same side near where it left; without it
     only position counts.
     """
+    raws = [part for r in raws for part in split_switches(r, cfg.min_color_similarity)]
     n = len(raws)
     if n < 2:
         return [[r] for r in raws]

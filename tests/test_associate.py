@@ -319,8 +319,8 @@ def test_newcomer_of_another_colour_alone_is_not_linked(detector):
 def test_object_hidden_behind_a_larger_one_of_its_shape_keeps_its_id(detector):
     # The harder split's "behind": small squares pass behind a large square of another
     # colour, fully hidden for 3.5 and 2.6 s. The large one is tracked the whole time and,
-    # to the detector's features, looks like them; its colours tell it apart, so it does
-    # not set the bar that keeps a small one from its own earlier tracklet.
+    # to the detector's features, looks like them; its colours tell it apart. The other
+    # small square, hidden at the same time, is a rival for each link, not a bar to it.
     from pipeline.synthetic.hard import make_hard_scene
 
     scene = make_hard_scene("behind", 2)
@@ -336,9 +336,10 @@ def test_object_hidden_behind_a_larger_one_of_its_shape_keeps_its_id(detector):
         assert len(ids[small.obj_id]) == 1
     for a, b in itertools.combinations(ids, 2):  # no two objects share an ID
         assert not a & b
-    # without the colour check one small square is split, and given another's ID
+    # without the colour check too: the large squares are less alike to the detector
+    # than the two small ones are to each other, and those two are rivals
     without = ids_with(-1.0)
-    assert any(len(without[small.obj_id]) > 1 for small in scene.objects[1::2])
+    assert all(len(without[small.obj_id]) == 1 for small in scene.objects[1::2])
 
 
 def test_color_histograms_tell_colours_apart_inside_the_mask():
@@ -407,3 +408,72 @@ def test_colours_are_computed_only_where_the_association_reads_them():
     assert VideoProcessor(PreprocessConfig()).detector.colors
     assert not VideoProcessor(PreprocessConfig(associate_gap_s=0)).detector.colors
     assert not VideoProcessor(PreprocessConfig(associate_min_color=-1)).detector.colors
+
+
+def test_alike_objects_hidden_at_once_are_rivals_not_a_bar_to_their_links():
+    from pipeline.associate import _ends, similarity_floors
+
+    # two objects that look almost the same (0.98) hidden at once, back 2 s later; each
+    # returning tracklet is a little less like its own earlier one (0.95) than the two
+    # objects are like each other
+    base = look(1)
+    twin = base + 0.2 * look(2)
+    twin /= np.linalg.norm(twin)
+    drift = base + 0.33 * look(3)
+    drift /= np.linalg.norm(drift)
+    assert float(base @ twin) > float(base @ drift) > 0.9
+    a1 = _raw(0.0, 2.0, 40, 20, base)
+    b1 = _raw(0.0, 2.0, 160, 20, twin)
+    a2 = _raw(4.0, 6.0, 120, 20, drift)
+    b2 = _raw(4.0, 6.0, 240, 20, twin)
+    ends = [_ends(r, WH) for r in (a1, b1, a2, b2)]
+    strict = similarity_floors(ends, 0.6)  # every look-alike visible with either sets a bar
+    assert strict[0, 2] > float(base @ drift)  # a1 -> a2 refused: b1 looks more like a1
+    rivals = similarity_floors(ends, 0.6, max_gap_s=8.0)
+    assert rivals[0, 2] == 0.6  # b1 and b2 could be what a2 continues / what a1 becomes
+    groups = associate([a1, b1, a2, b2], AssociationConfig(), WH)
+    assert {frozenset(id(r) for r in g) for g in groups} == {
+        frozenset({id(a1), id(a2)}), frozenset({id(b1), id(b2)})
+    }
+    # a look-alike in view all along is no rival: it still keeps a newcomer from a1
+    c = _raw(0.0, 6.0, 280, 0, twin)  # far off: it cannot be the returner either
+    ends = [_ends(r, WH) for r in (a1, a2, c)]
+    assert similarity_floors(ends, 0.6, max_gap_s=8.0)[0, 1] > float(base @ drift)
+    assert len(associate([a1, a2, c], AssociationConfig(), WH)) == 3
+
+
+def _painted(t0, t1, x0, vx, feat, bins) -> RawTrack:
+    """A tracklet whose frames have the colours ``bins`` (one histogram bin per frame)."""
+    r = _raw(t0, t1, x0, vx, feat)
+    hists = []
+    for k in range(len(r.times_s)):
+        h = np.zeros(256, np.float32)
+        h[bins[min(k, len(bins) - 1)]] = 1.0
+        hists.append(h)
+    r.colors = hists
+    return r
+
+
+def test_a_track_carried_from_one_object_onto_another_is_cut_where_the_colours_change():
+    from pipeline.associate import split_switches
+
+    # 3 s of red (bin 3), then 2 s of blue (bin 9): the online tracker moved onto another object
+    r = _painted(0.0, 5.0, 40, 20, look(1), [3] * 30 + [9] * 21)
+    parts = split_switches(r, 0.5)
+    assert [len(p.times_s) for p in parts] == [30, 21]
+    assert parts[1].times_s[0] == pytest.approx(3.0)
+    # a colour that stays, a brief change (0.3 s: something passing over it), frames
+    # without colours, and the colour check off: nothing is cut
+    assert len(split_switches(_painted(0.0, 5.0, 40, 20, look(1), [3]), 0.5)) == 1
+    brief = [3] * 24 + [9] * 3 + [3] * 24
+    assert len(split_switches(_painted(0.0, 5.0, 40, 20, look(1), brief), 0.5)) == 1
+    assert len(split_switches(_raw(0.0, 5.0, 40, 20, look(1)), 0.5)) == 1
+    assert len(split_switches(r, -1.0)) == 1
+    # red, blue, red: cut twice; the parts are disjoint in time and keep every frame
+    rbr = _painted(0.0, 6.0, 40, 20, look(1), [3] * 20 + [9] * 20 + [3] * 21)
+    parts = split_switches(rbr, 0.5)
+    assert [len(p.times_s) for p in parts] == [20, 20, 21]
+    assert [t for p in parts for t in p.times_s] == rbr.times_s
+    # the association then links the two red parts (one object) and leaves the blue alone
+    groups = associate([rbr], AssociationConfig(), WH)
+    assert sorted(len(g) for g in groups) == [1, 2]
