@@ -207,6 +207,34 @@ def tracks_on_frames(tracks: Sequence[Track], frame_times_s: Sequence[float]) ->
     return out
 
 
+def true_ids_on_detections(gt: FrameBoxes, detections: Sequence[sv.Detections]) -> FrameBoxes:
+    """frame -> [(ground-truth id, detection box)]: what a tracker that never errs on
+    identity outputs from these detections, the most IDF1 any tracker on them can score.
+
+    Each frame's detections are matched one to one to its ground-truth boxes at IoU >=
+    :data:`MOT_IOU`, for the least total 1 - IoU (the distance :func:`accumulate` gives
+    ``motmetrics``; Jonker-Volgenant from ``lap``); a matched detection takes the
+    identity of its ground-truth box and the others are left out. Only a tracker that
+    adds boxes the detector missed (interpolation, the border extension) can score above it.
+    """
+    import lap
+
+    from pipeline.geometry import box_iou
+
+    out: FrameBoxes = {}
+    for k, dets in enumerate(detections):
+        g = gt.get(k, [])
+        boxes = np.asarray(dets.xyxy, np.float64).reshape(-1, 4)
+        out[k] = []
+        if not g or not len(boxes):
+            continue
+        dist = 1.0 - box_iou(np.array([b for _, b in g], np.float64).reshape(-1, 4), boxes)
+        _, x, _ = lap.lapjv(dist, extend_cost=True, cost_limit=1.0 - MOT_IOU + 1e-9)
+        keep = [(i, j) for i, j in enumerate(x) if j >= 0 and dist[i, j] <= 1.0 - MOT_IOU]
+        out[k] = [(g[i][0], boxes[j]) for i, j in keep]
+    return out
+
+
 def gt_on_frames(
     gt: FrameBoxes,
     frame_times_s: Sequence[float],

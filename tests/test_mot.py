@@ -21,6 +21,7 @@ from pipeline.mot import (
     scores,
     sum_counts,
     tracks_on_frames,
+    true_ids_on_detections,
 )
 from pipeline.records import Track
 
@@ -95,6 +96,33 @@ def test_counts_summed_over_videos_score_as_motmetrics_overall():
     assert scores(sum_counts([])) == {"idf1": None, "mota": None}  # nothing scored: no NaN
     with pytest.raises(ValueError, match="miss"):
         sum_counts([{"idtp": 1}])
+
+
+def test_true_ids_on_detections_score_what_no_identity_error_can_beat():
+    import supervision as sv
+
+    # two objects 60 px apart for 10 frames; the detector finds both except object 2 in
+    # frames 3-4, adds a false box far from both in frame 6, and gives object 1 a box
+    # shifted 20 px (IoU 0.2, no match) in frame 8
+    gt = {k: [(1, BOX[k]), (2, BOX[k] + [60, 0, 60, 0])] for k in range(10)}
+    dets = []
+    for k in range(10):
+        boxes = [BOX[k] + [60, 0, 60, 0]] if k not in (3, 4) else []
+        boxes.insert(0, BOX[k] + ([20, 0, 20, 0] if k == 8 else 0))
+        if k == 6:
+            boxes.append(np.array([200.0, 200, 230, 230]))
+        dets.append(sv.Detections(xyxy=np.array(boxes, np.float32).reshape(-1, 4)))
+    hyp = true_ids_on_detections(gt, dets)
+    assert [len(hyp[k]) for k in range(10)] == [2, 2, 2, 1, 1, 2, 2, 2, 1, 2]
+    assert all(i == j for k in hyp for (i, b) in hyp[k] for j, g in gt[k] if np.allclose(b, g))
+    counts = mot_counts(accumulate(gt, hyp, 10))
+    # 20 boxes, 3 missed (frames 3-4 of object 2, frame 8 of object 1), no switch:
+    # IDTP 17, IDFN 3, IDFP 0 (unmatched detections are left out): IDF1 34/37
+    assert (counts["idtp"], counts["idfn"], counts["idfp"], counts["num_switches"]) == (17, 3, 0, 0)
+    assert scores(counts)["idf1"] == pytest.approx(34 / 37)
+    # a tracker that swaps the two IDs halfway does worse on the same detections
+    swapped = {k: [(3 - i if k >= 5 else i, b) for i, b in hyp[k]] for k in range(10)}
+    assert scores(mot_counts(accumulate(gt, swapped, 10)))["idf1"] < 34 / 37
 
 
 def test_gt_file_is_read_as_written(tmp_path):
