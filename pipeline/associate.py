@@ -260,9 +260,7 @@ def similarity_floors(
 def link_matrix(raws: list[RawTrack], cfg: AssociationConfig, wh) -> np.ndarray:
     """(N, N) cost of tracklet j continuing tracklet i."""
     ends = [_ends(r, wh) for r in raws]
-    floors = similarity_floors(
-        ends, cfg.min_similarity, cfg.min_color_similarity, cfg.max_gap_s
-    )
+    floors = similarity_floors(ends, cfg.min_similarity, cfg.min_color_similarity, cfg.max_gap_s)
     n = len(ends)
     cost = np.full((n, n), _INFEASIBLE)
     for i in range(n):

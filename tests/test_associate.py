@@ -433,7 +433,8 @@ def test_alike_objects_hidden_at_once_are_rivals_not_a_bar_to_their_links():
     assert rivals[0, 2] == 0.6  # b1 and b2 could be what a2 continues / what a1 becomes
     groups = associate([a1, b1, a2, b2], AssociationConfig(), WH)
     assert {frozenset(id(r) for r in g) for g in groups} == {
-        frozenset({id(a1), id(a2)}), frozenset({id(b1), id(b2)})
+        frozenset({id(a1), id(a2)}),
+        frozenset({id(b1), id(b2)}),
     }
     # a look-alike in view all along is no rival: it still keeps a newcomer from a1
     c = _raw(0.0, 6.0, 280, 0, twin)  # far off: it cannot be the returner either
