@@ -82,7 +82,7 @@ def main(argv=None) -> int:
 
     from pipeline.detect import Detector
     from pipeline.runtime import configure_offline
-    from pipeline.synthetic.hard import ALL_KINDS, write_hard_split
+    from pipeline.synthetic.hard import ALL_KINDS, SPLIT_VERSION, write_hard_split
 
     configure_offline()
     if not (args.data / "summary.json").exists():
@@ -94,9 +94,11 @@ def main(argv=None) -> int:
             f"{summary['per_kind']}; pass those, or another --data for a new split"
         )
     missing = sorted(set(ALL_KINDS) - {v["kind"] for v in summary["videos"]})
-    if missing:
+    if missing or summary.get("version", 1) != SPLIT_VERSION:
+        what = f"has no {', '.join(missing)} videos" if missing else "holds other scenes"
         parser.error(
-            f"{args.data} has no {', '.join(missing)} videos (written by an older version); "
+            f"{args.data} {what} (written by an older version, split version "
+            f"{summary.get('version', 1)}, this one is {SPLIT_VERSION}); "
             f"rewrite it: python -m pipeline.synthetic.hard --out {args.data}"
         )
     detector = Detector(conf=0.1, iou=0.5)  # PreprocessConfig's detector settings

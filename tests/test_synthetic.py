@@ -630,3 +630,23 @@ def test_hard_split_scenes_hide_exit_cross_and_crowd():
     # adding a kind left the other kinds' scenes as they were (one random stream each)
     first = make_hard_scene("newcomer", 0).objects[0]
     assert (first.color, first.size_px) == ("blue", 35)  # as before "behind" was added
+
+
+def test_tracking_bench_refuses_a_hard_split_written_by_an_older_version(tmp_path, capsys):
+    import importlib.util
+
+    from pipeline.runtime import REPO_ROOT
+    from pipeline.synthetic.hard import ALL_KINDS, SPLIT_VERSION
+
+    spec = importlib.util.spec_from_file_location("bench_tracking", REPO_ROOT / "bench/tracking.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    videos = [{"video": f"{k}_000", "kind": k, "objects": 2} for k in ALL_KINDS]
+    old = {"seed": 0, "per_kind": 3, "videos": videos}  # no version: the first crowds
+    (tmp_path / "summary.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--data", str(tmp_path)])
+    assert err.value.code == 2
+    msg = capsys.readouterr().err
+    assert f"split version 1, this one is {SPLIT_VERSION}" in msg
+    assert "python -m pipeline.synthetic.hard --out" in msg

@@ -60,6 +60,9 @@ TRAP_KINDS = ("newcomer",)
 ALL_KINDS = KINDS + TRAP_KINDS
 _STREAMS = {"occlusion": 0, "reenter": 1, "crossing": 2, "crowd": 3, "newcomer": 4, "behind": 5}
 """Each kind's random stream (fixed, so adding a kind leaves the others' scenes as they were)."""
+SPLIT_VERSION = 2
+"""Written into ``summary.json``; raised when a kind's scenes change (2: crowds hide four
+members), so that a split written by an older version is not scored as this one."""
 DEFAULT_OUT = DATA_DIR / "raw" / "synthetic-hard"
 HARD_CONFIG = SceneConfig(duration_s=10.0)  # 10 s at the default 10 fps and 320x240
 
@@ -329,8 +332,8 @@ def write_hard_split(out: str | Path, seed: int = 0, per_kind: int = 3) -> dict:
             (out / f"{scene.video_id}.gt.txt").write_text("\n".join(mot_rows(scene)) + "\n")
             videos.append({"video": scene.video_id, "kind": kind, "objects": len(scene.objects)})
     cfg = HARD_CONFIG
-    summary = {"seed": seed, "per_kind": per_kind, "fps": cfg.fps, "width": cfg.width,
-               "height": cfg.height, "videos": videos}  # fmt: skip
+    summary = {"version": SPLIT_VERSION, "seed": seed, "per_kind": per_kind, "fps": cfg.fps,
+               "width": cfg.width, "height": cfg.height, "videos": videos}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
