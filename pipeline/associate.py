@@ -291,8 +291,11 @@ def split_switches(
     can take a second: the box slides from one object onto the other); where they are
     less alike than ``min_color_similarity`` (the association would never link two
     tracklets so coloured), the track is cut at the least alike such frame, and each
-    part is looked at again on its own. Every part spans at least ``min_s``; frames
-    without a colour histogram go with the part they fall in.
+    part is looked at again on its own. Every part spans at least ``min_s``. Only
+    frames with a mask count (their histogram is of the object's pixels); the others go
+    with the part they fall in, and a tracklet without masks is never cut: a box's
+    histogram holds the background too, which changes as the object moves, and a cut
+    inside one object's track is an ID break the association may not mend.
     The parts go to the association like any tracklets, which links those of one object
     again (a track that moved onto another object and back is cut twice, and its two
     ends linked).
@@ -302,7 +305,10 @@ def split_switches(
     t = np.asarray(r.times_s, np.float64)
     if t[-1] - t[0] < 2 * min_s:
         return [r]
-    rows = [c if c is not None and c.size and c.any() else None for c in r.colors]
+    rows = [
+        c if c is not None and c.size and c.any() and m is not None else None
+        for c, m in zip(r.colors, r.masks_rle)
+    ]  # only the object's own pixels: a box's colours follow the background it crosses
     dim = next((c.size for c in rows if c is not None), 0)
     if not dim:
         return [r]

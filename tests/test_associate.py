@@ -452,6 +452,7 @@ def _painted(t0, t1, x0, vx, feat, bins) -> RawTrack:
         h[bins[min(k, len(bins) - 1)]] = 1.0
         hists.append(h)
     r.colors = hists
+    r.masks_rle = ["mask"] * len(hists)  # histograms of the objects' own pixels
     return r
 
 
@@ -469,6 +470,9 @@ def test_a_track_carried_from_one_object_onto_another_is_cut_where_the_colours_c
     brief = [3] * 24 + [9] * 3 + [3] * 24
     assert len(split_switches(_painted(0.0, 5.0, 40, 20, look(1), brief), 0.5)) == 1
     assert len(split_switches(_raw(0.0, 5.0, 40, 20, look(1)), 0.5)) == 1
+    boxes_only = _painted(0.0, 5.0, 40, 20, look(1), [3] * 30 + [9] * 21)
+    boxes_only.masks_rle = [None] * len(boxes_only.times_s)  # box colours: background too
+    assert len(split_switches(boxes_only, 0.5)) == 1
     assert len(split_switches(r, -1.0)) == 1
     # red, blue, red: cut twice; the parts are disjoint in time and keep every frame
     rbr = _painted(0.0, 6.0, 40, 20, look(1), [3] * 20 + [9] * 20 + [3] * 21)
