@@ -272,6 +272,8 @@ def link_matrix(raws: list[RawTrack], cfg: AssociationConfig, wh) -> np.ndarray:
 
 SPLIT_MIN_S = 0.5
 """Each part of a tracklet split at an ID switch spans at least this long."""
+SPLIT_MIN_FRAMES = 3
+"""... and holds at least this many frames with a mask colour (a track's least length)."""
 SPLIT_WINDOW_S = 2.0
 """How much of a tracklet on each side of a frame is compared when looking for a switch."""
 
@@ -291,7 +293,8 @@ def split_switches(
     can take a second: the box slides from one object onto the other); where they are
     less alike than ``min_color_similarity`` (the association would never link two
     tracklets so coloured), the track is cut at the least alike such frame, and each
-    part is looked at again on its own. Every part spans at least ``min_s``. Only
+    part is looked at again on its own. Every part spans at least ``min_s`` and holds
+    at least :data:`SPLIT_MIN_FRAMES` frames with a colour. Only
     frames with a mask count (their histogram is of the object's pixels); the others go
     with the part they fall in, and a tracklet without masks is never cut: a box's
     histogram holds the background too, which changes as the object moves, and a cut
@@ -316,7 +319,9 @@ def split_switches(
     csum = np.concatenate([np.zeros((1, dim)), np.cumsum(filled, axis=0, dtype=np.float64)])
     eps = 1e-9
     k = np.arange(1, len(t))
+    counted = np.concatenate([[0], np.cumsum([c is not None for c in rows])])
     ok = (t[k - 1] - t[0] >= min_s - eps) & (t[-1] - t[k] >= min_s - eps)
+    ok &= (counted[k] >= SPLIT_MIN_FRAMES) & (counted[-1] - counted[k] >= SPLIT_MIN_FRAMES)
     k = k[ok]
     if not len(k):
         return [r]

@@ -470,6 +470,9 @@ def test_a_track_carried_from_one_object_onto_another_is_cut_where_the_colours_c
     brief = [3] * 24 + [9] * 3 + [3] * 24
     assert len(split_switches(_painted(0.0, 5.0, 40, 20, look(1), brief), 0.5)) == 1
     assert len(split_switches(_raw(0.0, 5.0, 40, 20, look(1)), 0.5)) == 1
+    sparse = _painted(0.0, 5.0, 40, 20, look(1), [3] * 30 + [9] * 21)
+    sparse.masks_rle = ["mask"] * 30 + [None, "mask"] + [None] * 18 + ["mask"]  # 2 blue frames
+    assert len(split_switches(sparse, 0.5)) == 1  # too few to be a track of their own
     boxes_only = _painted(0.0, 5.0, 40, 20, look(1), [3] * 30 + [9] * 21)
     boxes_only.masks_rle = [None] * len(boxes_only.times_s)  # box colours: background too
     assert len(split_switches(boxes_only, 0.5)) == 1
