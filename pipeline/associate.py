@@ -25,7 +25,13 @@ known to be different objects; a link between ``a`` and ``b`` needs a similarity
 every similarity of ``a`` or ``b`` with a tracklet of their class visible at the same
 time as either of them (and above ``min_similarity``): the pair must look more alike
 than the clip's known different pairs around them. Where the clip has no such pair,
-only the fixed floor and the place of return are left.
+only the fixed floor and the place of return are left. A look-alike that is itself a
+candidate for one end of the link (two alike objects hidden at once) is a rival, decided
+between by the assignment, and sets no floor.
+
+Before linking, a tracklet the online tracker carried from one object onto another is
+cut where its mask colours change (:func:`split_switches`); the parts are linked like
+any tracklets.
 """
 
 from __future__ import annotations
@@ -347,6 +353,9 @@ def associate(
     raws: list[RawTrack], cfg: AssociationConfig, wh: tuple[int, int] | None = None
 ) -> list[list[RawTrack]]:
     """Tracklets grouped into identities (each group in time order, disjoint in time).
+
+    A tracklet cut at a switch (:func:`split_switches`) comes back as its parts, each in
+    the group of its own object; every frame of ``raws`` is in exactly one group.
 
     ``wh`` (width, height) of the frames lets a tracklet that leaves through the border
     link to one that re-enters through the same side near where it left; without it
