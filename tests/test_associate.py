@@ -485,3 +485,38 @@ def test_a_track_carried_from_one_object_onto_another_is_cut_where_the_colours_c
     # the association then links the two red parts (one object) and leaves the blue alone
     groups = associate([rbr], AssociationConfig(), WH)
     assert sorted(len(g) for g in groups) == [1, 2]
+
+
+def _frames_per_id(scene, tracks, obj_id: int) -> dict[int, int]:
+    """Track ID -> frames (of those where the object is visible) its box is on it (IoU >= 0.5)."""
+    out: dict[int, int] = {}
+    hw = (scene.config.height, scene.config.width)
+    for f in scene.visible_frames(obj_id):
+        ids, boxes, _ = tracks_at(tracks, f / scene.config.fps, 0.5, hw)
+        if len(ids):
+            iou = box_iou(scene.boxes_xyxy[obj_id, f][None], boxes)[0]
+            for i in ids[iou >= 0.5]:
+                out[int(i)] = out.get(int(i), 0) + 1
+    return out
+
+
+def test_a_crowd_track_carried_onto_a_neighbour_is_cut_and_not_shared(detector):
+    # The harder split's first crowd: ByteTrack carries a triangle's track (object 6) on
+    # to a small square (object 13) that comes out from behind a large one at about 6 s;
+    # their colours differ, so the track is cut there and no ID is on both for long.
+    from pipeline.config import PreprocessConfig
+    from pipeline.processor import tracker_config
+    from pipeline.synthetic.hard import make_hard_scene
+
+    scene = make_hard_scene("crowd", 0)
+    images = [scene.frame(f) for f in range(scene.num_frames)]
+    detected = [(f / 10.0, d) for f, d in enumerate(detector(images))]  # detected once
+
+    def shared(**overrides) -> set[int]:
+        cfg = tracker_config(PreprocessConfig(**overrides))
+        tracks = collect_tracks(detected, cfg, 10.0, frame_wh=WH)
+        on = [_frames_per_id(scene, tracks, o) for o in (6, 13)]
+        return {i for i in on[0] if on[0][i] >= 5 and on[1].get(i, 0) >= 5}
+
+    assert shared(associate_min_color=-1.0)  # without the cut: one ID on both
+    assert not shared()
