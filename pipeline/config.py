@@ -128,7 +128,8 @@ class PreprocessConfig:
     associate_min_color: float = _opt(
         0.5,
         "least colour similarity (Bhattacharyya coefficient of the mask's, or box's, HSV "
-        "histograms) of two tracklets linked into one ID; it only refuses links (-1: off)",
+        "histograms) of two tracklets linked into one ID; it only refuses links, and a track "
+        "whose mask colours change this much is cut there before linking (-1: both off)",
     )
     masks: str = _opt(
         "detector",
@@ -252,7 +253,7 @@ made with batches of 1 and 16 agree to 1e-3 px (tests/test_faults.py), so a resu
 with another batch size is accepted. (Workers and the progress bar are run options,
 not settings.)"""
 
-OUTPUT_VERSION = 4
+OUTPUT_VERSION = 5
 """Bumped whenever a code change alters the rows written for the same settings, so that
 a resumed run never mixes rows of two pipeline versions (2: agnostic NMS, tracks continued
 to the frame border, duplicate tracks dropped, XYWH Kalman state, numbers kept inside
@@ -264,7 +265,10 @@ JPEG-folder clips timed from their first stored frame; ground-truth boxes checke
 clipped to the frame.
 4: the ``mot`` column (MOT counts of videos with MOTChallenge ground truth); masks of
 segmentation weights predicted at the frame's resolution (``retina_masks``); links
-between tracklets whose colours differ refused."""
+between tracklets whose colours differ refused.
+5: tracks carried from one object onto another cut where their mask colours change;
+alike tracklets hidden at once are rivals, not a bar to each other's links; link
+distances in the tracklet's median box diagonal."""
 
 
 def _file_digest(path: Path) -> str:
