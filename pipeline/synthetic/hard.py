@@ -39,6 +39,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -161,6 +162,28 @@ def _crossing(rng, cfg: SceneConfig) -> list[SceneObject]:
     return objs
 
 
+class _HidingPair(NamedTuple):
+    """A large object and a small one of its shape (another colour) that hides behind it."""
+
+    shape: str
+    big_color: str
+    small_color: str
+    big_px: int
+    small_px: int
+    reach: float  # centre offsets (px) at which the small one is inside the large one
+    speed: float  # px/s relative to the large one at which it stays hidden 1-4 s
+
+
+def _hiding_pair(rng, big_px: tuple[int, int], small_px: tuple[int, int]) -> _HidingPair:
+    """Draw a :class:`_HidingPair` with sizes in ``[lo, hi)`` (``rng.integers``)."""
+    shape = str(rng.choice(["circle", "square"]))  # shapes that can hide a small copy
+    big_c, small_c = (str(c) for c in rng.choice(list(COLORS_RGB), size=2, replace=False))
+    big, small = int(rng.integers(*big_px)), int(rng.integers(*small_px))
+    reach = (big - small) / 2
+    hidden_s = rng.uniform(1.0, 4.0)
+    return _HidingPair(shape, big_c, small_c, big, small, reach, 2 * reach / hidden_s)
+
+
 CROWD_HIDERS = 4
 """Members of each crowd that pass behind a larger one and stay fully hidden for 1-4 s."""
 
@@ -200,20 +223,15 @@ def _crowd(rng, cfg: SceneConfig) -> list[SceneObject]:
             continue
         # a large member and a small one of its shape (another colour) that walks up to
         # it, passes behind it fully hidden for 1-4 s, and stands on its other side
-        shape = str(rng.choice(["circle", "square"]))
-        big_c, small_c = (str(c) for c in rng.choice(list(COLORS_RGB), size=2, replace=False))
-        big, small = int(rng.integers(46, 53)), int(rng.integers(18, 22))
-        reach = (big - small) / 2  # centre offsets at which the small one is inside
-        hidden_s = rng.uniform(1.0, 4.0)
-        speed = 2 * reach / hidden_s
+        p = _hiding_pair(rng, (46, 53), (18, 22))
         t_mid = t[-1] * rng.uniform(0.4, 0.6)
-        walk = reach + 0.6 * big  # it walks from this far on one side to as far on the other
+        walk = p.reach + 0.6 * p.big_px  # it walks from this far on one side to as far on the other
         sign = 1 if rng.random() < 0.5 else -1
-        dx = sign * np.clip(speed * (t - t_mid), -walk, walk)
+        dx = sign * np.clip(p.speed * (t - t_mid), -walk, walk)
         small_xy = centers + np.stack([dx, np.zeros_like(dx)], axis=1)
         j = k - n_drift
-        objs.append(_obj(k, shape, big_c, big, n + j, centers))  # in front of everyone
-        objs.append(_obj(n - CROWD_HIDERS + j, shape, small_c, small, j, small_xy))  # behind
+        objs.append(_obj(k, p.shape, p.big_color, p.big_px, n + j, centers))  # in front of all
+        objs.append(_obj(n - CROWD_HIDERS + j, p.shape, p.small_color, p.small_px, j, small_xy))
     return sorted(objs, key=lambda o: o.obj_id)
 
 
@@ -222,21 +240,16 @@ def _behind(rng, cfg: SceneConfig) -> list[SceneObject]:
     w, h = cfg.width, cfg.height
     objs = []
     for row, y in enumerate((0.3 * h, 0.7 * h)):
-        shape = str(rng.choice(["circle", "square"]))  # shapes that can hide a small copy
-        big_c, small_c = (str(c) for c in rng.choice(list(COLORS_RGB), size=2, replace=False))
-        big, small = int(rng.integers(64, 73)), int(rng.integers(18, 23))
-        reach = (big - small) / 2  # centre offsets at which the small one is inside
-        hidden_s = rng.uniform(1.0, 4.0)
-        speed = 2 * reach / hidden_s  # relative to the large one
+        p = _hiding_pair(rng, (64, 73), (18, 23))
         x_big = w * rng.uniform(0.4, 0.6)
         sign = 1 if row == 0 else -1
         t_mid = t[-1] * rng.uniform(0.4, 0.6)  # when the small one is behind the centre
         drift = rng.uniform(-4.0, 4.0)  # the large one drifts a little
         big_xy = _line(t, (x_big - drift * t_mid, y), (drift, 0.0))
-        v_small = sign * speed + drift
+        v_small = sign * p.speed + drift
         small_xy = _line(t, (x_big - v_small * t_mid, y), (v_small, 0.0))
-        objs.append(_obj(2 * row, shape, big_c, big, 2 * row + 1, big_xy))  # in front
-        objs.append(_obj(2 * row + 1, shape, small_c, small, 2 * row, small_xy))
+        objs.append(_obj(2 * row, p.shape, p.big_color, p.big_px, 2 * row + 1, big_xy))  # front
+        objs.append(_obj(2 * row + 1, p.shape, p.small_color, p.small_px, 2 * row, small_xy))
     return objs
 
 
