@@ -94,11 +94,12 @@ def main(argv=None) -> int:
             f"{summary['per_kind']}; pass those, or another --data for a new split"
         )
     missing = sorted(set(ALL_KINDS) - {v["kind"] for v in summary["videos"]})
-    if missing or summary.get("version", 1) != SPLIT_VERSION:
+    version = summary.get("version", 1)  # summaries without one: the first version
+    if missing or version != SPLIT_VERSION:
         what = f"has no {', '.join(missing)} videos" if missing else "holds other scenes"
         parser.error(
             f"{args.data} {what} (written by an older version, split version "
-            f"{summary.get('version', 1)}, this one is {SPLIT_VERSION}); "
+            f"{version}, this one is {SPLIT_VERSION}); "
             f"rewrite it: python -m pipeline.synthetic.hard --out {args.data}"
         )
     detector = Detector(conf=0.1, iou=0.5)  # PreprocessConfig's detector settings

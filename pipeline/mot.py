@@ -108,18 +108,23 @@ def accumulate(gt: FrameBoxes, hyp: FrameBoxes, n_frames: int) -> motmetrics.MOT
     """
     import motmetrics as mm
 
-    from pipeline.geometry import box_iou
-
     acc = mm.MOTAccumulator(auto_id=True)
     for k in range(n_frames):
         g = gt.get(k, [])
         h = hyp.get(k, [])
-        gb = np.array([b for _, b in g], dtype=np.float64).reshape(-1, 4)
-        hb = np.array([b for _, b in h], dtype=np.float64).reshape(-1, 4)
-        dist = 1.0 - box_iou(gb, hb)
+        dist = _iou_distance([b for _, b in g], [b for _, b in h])
         dist[dist > 1.0 - MOT_IOU] = np.nan
         acc.update([i for i, _ in g], [i for i, _ in h], dist)
     return acc
+
+
+def _iou_distance(gt_boxes, hyp_boxes) -> np.ndarray:
+    """(G, H) 1 - IoU between two lists of xyxy boxes."""
+    from pipeline.geometry import box_iou
+
+    gb = np.array(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    hb = np.array(hyp_boxes, dtype=np.float64).reshape(-1, 4)
+    return 1.0 - box_iou(gb, hb)
 
 
 def mot_counts(acc: motmetrics.MOTAccumulator) -> dict[str, int]:
@@ -219,8 +224,6 @@ def true_ids_on_detections(gt: FrameBoxes, detections: Sequence[sv.Detections]) 
     """
     import lap
 
-    from pipeline.geometry import box_iou
-
     out: FrameBoxes = {}
     for k, dets in enumerate(detections):
         g = gt.get(k, [])
@@ -228,7 +231,7 @@ def true_ids_on_detections(gt: FrameBoxes, detections: Sequence[sv.Detections]) 
         out[k] = []
         if not g or not len(boxes):
             continue
-        dist = 1.0 - box_iou(np.array([b for _, b in g], np.float64).reshape(-1, 4), boxes)
+        dist = _iou_distance([b for _, b in g], boxes)
         _, x, _ = lap.lapjv(dist, extend_cost=True, cost_limit=1.0 - MOT_IOU + 1e-9)
         keep = [(i, j) for i, j in enumerate(x) if j >= 0 and dist[i, j] <= 1.0 - MOT_IOU]
         out[k] = [(g[i][0], boxes[j]) for i, j in keep]
